@@ -1,0 +1,30 @@
+# pipeq — the two commands a new user needs are `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export PYTHONPATH := $(CURDIR)
+VENV = $(shell scripts/venv.sh)
+PY = $(VENV)/bin/python
+
+.PHONY: help deps venv run test unit integration clean
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+deps: ## install redis-server and the pipeline's tools (Debian packages)
+	@scripts/deps.sh
+
+venv: ## create the cached virtualenv
+	@scripts/venv.sh >/dev/null
+
+run: deps venv ## run pipeq on this machine: embedded Redis, the API and autoscaled local workers
+	$(PY) -m pipeq dev
+
+test: deps venv ## run the whole test suite (installs and starts what it needs)
+	$(PY) -m pytest -q tests
+
+unit: venv ## unit tests only (seconds)
+	$(PY) -m pytest -q tests/unit
+
+clean: ## remove local state (not the caches)
+	rm -rf .cluster data .pipeq .pytest_cache
+
+-include mk/*.mk

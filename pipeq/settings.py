@@ -1,0 +1,68 @@
+"""One settings model for every component, read from ``PIPEQ_*`` environment variables.
+
+Each field below is a row of the README's settings table; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_pipeline() -> Path:
+    """pipeline.sh beside the package (a checkout) or in the worker image."""
+    for candidate in (ROOT / "pipeline.sh", Path("/opt/pipeq/pipeline.sh")):
+        if candidate.exists():
+            return candidate
+    return ROOT / "pipeline.sh"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PIPEQ_", extra="ignore")
+
+    # Where things are
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the queue, jobs and registries.")
+    queue: str = Field("pipeline_tasks", description="RQ queue the API enqueues to and workers listen on.")
+    data_dir: Path = Field(Path("./data"), description="Root of the job folders, shared by the API and workers.")
+    pipeline: Path = Field(default_factory=_default_pipeline, description="The pipeline script workers run.")
+
+    # The API
+    host: str = Field("127.0.0.1", description="Address the API listens on.")
+    port: int = Field(8000, description="Port the API listens on.")
+    api_token: str | None = Field(None, description="When set, every route but /healthz and /readyz needs 'Authorization: Bearer <token>'.")
+    max_upload_bytes: int = Field(2 * 1024**3, description="Largest accepted size of one uploaded file (413 above).")
+    max_total_upload_bytes: int = Field(4 * 1024**3, description="Largest accepted size of all files of one submission (413 above).")
+    job_ttl: int = Field(7 * 24 * 3600, description="Seconds a finished, failed or canceled job is kept in Redis and listed.")
+
+    # Workers
+    pipeline_timeout: int = Field(6 * 3600, gt=0, description="Seconds a pipeline may run before its process group is killed.")
+    kill_grace: float = Field(10.0, ge=0, description="Seconds between SIGTERM and SIGKILL when a pipeline is stopped or times out.")
+    threads: int = Field(2, ge=1, description="--threads passed to pipeline.sh.")
+    retries: int = Field(2, ge=0, description="Extra attempts for a job whose worker died (a pipeline that fails by itself is not retried).")
+    lease_seconds: int = Field(15, ge=3, description="A running job's lease; a job whose worker stops renewing it is requeued after this.")
+    worker_name: str | None = Field(None, description="RQ worker name; defaults to the pod name (HOSTNAME) on Kubernetes.")
+    maintenance_interval: int = Field(5, ge=1, description="Seconds between a worker's registry clean-ups (which requeue abandoned jobs).")
+
+    # pipeq dev: local autoscaled workers
+    min_workers: int = Field(0, ge=0, description="pipeq dev: fewest local workers.")
+    max_workers: int = Field(4, ge=1, description="pipeq dev: most local workers.")
+    jobs_per_worker: int = Field(1, ge=1, description="Jobs one worker takes at a time (scaling divides the load by it).")
+    scale_down_delay: float = Field(60.0, ge=0, description="Seconds a lower worker count must hold before workers are removed.")
+    poll_interval: float = Field(0.25, gt=0, description="Seconds between scaling decisions.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if self.min_workers > self.max_workers:
+            raise ValueError("PIPEQ_MIN_WORKERS must not exceed PIPEQ_MAX_WORKERS")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (read once from the environment)."""
+    return Settings()
