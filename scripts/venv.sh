@@ -3,7 +3,8 @@
 #
 # The venv lives outside the checkout (CI runs in a fresh clone on the same machine) and is
 # keyed by the Python version and a hash of the requirements files, so a change of pins
-# builds a new one and an unchanged checkout reuses the old one in a second.
+# builds a new one and an unchanged checkout reuses the old one at once. Concurrent callers
+# wait on a lock; `.complete` marks a venv whose install finished.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
@@ -11,12 +12,16 @@ key=$( { "$py" -c 'import sys; print(sys.version)'; cat requirements.txt require
 cache=${PIPEQ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pipeq}
 venv="$cache/venv-$key"
 if [ ! -f "$venv/.complete" ]; then
-  echo "pipeq: creating virtualenv $venv" >&2
-  rm -rf "$venv"
   mkdir -p "$cache"
-  "$py" -m venv "$venv" >&2
-  "$venv/bin/pip" install -q --disable-pip-version-check --upgrade pip >&2
-  "$venv/bin/pip" install -q --disable-pip-version-check -r requirements-dev.txt >&2
-  touch "$venv/.complete"
+  exec 9>"$cache/venv.lock"
+  flock 9
+  if [ ! -f "$venv/.complete" ]; then
+    echo "pipeq: creating virtualenv $venv (a few minutes, once)" >&2
+    rm -rf "$venv"
+    "$py" -m venv "$venv" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check --upgrade pip >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check -r requirements-dev.txt >&2
+    touch "$venv/.complete"
+  fi
 fi
 echo "$venv"
