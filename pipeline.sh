@@ -1,0 +1,378 @@
+#!/usr/bin/env bash
+# pipeq's pipeline: read QC/trimming (fastp) -> alignment (minimap2 -ax sr) -> sort, index,
+# stats (samtools) -> variant calling (bcftools mpileup | bcftools call -mv) -> report.
+#
+#   pipeline.sh --reference REF.fa[.gz] --reads R1.fq[.gz] [--reads R2.fq[.gz]] --outdir DIR
+#               [--sample NAME] [--threads N]
+#
+# Contract (docs/pipeline.md, docs/architecture.md):
+#   stdout: only progress lines, exactly `PROGRESS <pct 0-100> <stage> [text]`, one per stage
+#           start, and `PROGRESS 100 done` last. Tool output goes to stderr.
+#   exit:   0 ok, 2 usage, 3 missing tool, 4 bad input (or unusable --outdir),
+#           5 a stage's tool failed, 130/143 interrupted/terminated.
+#           On failure the last stderr line is `pipeline.sh: error: <one-line reason>`.
+#   writes: only inside --outdir (scratch in DIR/work, removed on success).
+set -Eeuo pipefail
+umask 022
+export LC_ALL=C
+
+readonly PROG=pipeline.sh
+readonly EX_USAGE=2 EX_TOOL=3 EX_INPUT=4 EX_STAGE=5
+
+usage() {
+  cat <<'EOF'
+usage: pipeline.sh --reference REF.fa[.gz] --reads R1.fq[.gz] [--reads R2.fq[.gz]] --outdir DIR
+                   [--sample NAME] [--threads N]
+
+Variant calling on short reads: fastp -> minimap2 -ax sr -> samtools -> bcftools.
+Outputs in DIR: <sample>.bam(.bai), <sample>.vcf.gz(.tbi), fastp.json, fastp.html,
+report.json, report.html (and <sample>.flagstat.txt, <sample>.stats.txt, <sample>.coverage.tsv).
+Progress on stdout: "PROGRESS <pct> <stage> [text]". Exit codes: 0 ok, 2 usage,
+3 missing tool, 4 bad input, 5 a stage failed.
+EOF
+}
+
+die() { # die CODE MESSAGE...
+  local code=$1; shift
+  printf '%s: error: %s\n' "$PROG" "$*" >&2
+  exit "$code"
+}
+log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+
+STAGE=init
+declare -a STAGE_NAMES=() STAGE_SECONDS=()
+STAGE_T0=0
+now_ms() { local t; t=${EPOCHREALTIME/[.,]/}; echo $((t / 1000)); }
+progress() { # progress PCT STAGE [TEXT...]
+  local pct=$1 stage=$2; shift 2
+  end_stage
+  STAGE=$stage
+  STAGE_T0=$(now_ms)
+  if [ $# -gt 0 ]; then echo "PROGRESS $pct $stage $*"; else echo "PROGRESS $pct $stage"; fi
+}
+end_stage() {
+  if [ "$STAGE_T0" -ne 0 ]; then
+    STAGE_NAMES+=("$STAGE")
+    STAGE_SECONDS+=("$(( $(now_ms) - STAGE_T0 ))")
+  fi
+  STAGE_T0=0
+}
+
+on_err() { # called by the ERR trap: a command failed under set -e
+  local rc=$1 cmd=$2
+  trap - ERR
+  die "$EX_STAGE" "stage '$STAGE' failed (exit $rc): ${cmd//$'\n'/ } (tool messages above)"
+}
+trap 'on_err $? "$BASH_COMMAND"' ERR
+trap 'trap - ERR; log "interrupted"; exit 130' INT
+trap 'trap - ERR; log "terminated"; exit 143' TERM
+
+# ---- arguments ---------------------------------------------------------------------------
+REFERENCE="" OUTDIR="" SAMPLE="" THREADS=""
+declare -a READS=()
+need_value() { [ $# -ge 2 ] && [ -n "$2" ] || die "$EX_USAGE" "option $1 needs a value (try --help)"; }
+while [ $# -gt 0 ]; do
+  case $1 in
+    --reference|--reads|--outdir|--sample|--threads)
+      need_value "$@"; opt=$1; val=$2; shift 2 ;;
+    --reference=*|--reads=*|--outdir=*|--sample=*|--threads=*)
+      opt=${1%%=*}; val=${1#*=}; shift
+      [ -n "$val" ] || die "$EX_USAGE" "option $opt needs a value (try --help)" ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "$EX_USAGE" "unknown argument: $1 (try --help)" ;;
+  esac
+  case $opt in
+    --reference) [ -z "$REFERENCE" ] || die "$EX_USAGE" "--reference given twice"; REFERENCE=$val ;;
+    --reads) READS+=("$val") ;;
+    --outdir) [ -z "$OUTDIR" ] || die "$EX_USAGE" "--outdir given twice"; OUTDIR=$val ;;
+    --sample) SAMPLE=$val ;;
+    --threads) THREADS=$val ;;
+  esac
+done
+[ -n "$REFERENCE" ] || die "$EX_USAGE" "missing --reference (try --help)"
+[ ${#READS[@]} -ge 1 ] || die "$EX_USAGE" "missing --reads (try --help)"
+[ ${#READS[@]} -le 2 ] || die "$EX_USAGE" "--reads given ${#READS[@]} times: one file (single-end) or two (paired-end)"
+[ -n "$OUTDIR" ] || die "$EX_USAGE" "missing --outdir (try --help)"
+if [ -z "$THREADS" ]; then
+  THREADS=$(nproc 2>/dev/null || echo 1)
+  [ "$THREADS" -le 4 ] || THREADS=4
+fi
+[[ $THREADS =~ ^[1-9][0-9]{0,3}$ ]] || die "$EX_USAGE" "--threads must be a positive integer, got '$THREADS'"
+if [ -z "$SAMPLE" ]; then # from R1's name: sim_R1.fq.gz -> sim
+  SAMPLE=$(basename -- "${READS[0]}")
+  SAMPLE=${SAMPLE%.gz}; SAMPLE=${SAMPLE%.fastq}; SAMPLE=${SAMPLE%.fq}
+  SAMPLE=$(sed -E 's/([._]R?1)(_001)?$//; s/[^A-Za-z0-9._-]+/_/g; s/^[.]+//' <<<"$SAMPLE" | cut -c1-64)
+  [ -n "$SAMPLE" ] || SAMPLE=sample
+fi
+[[ $SAMPLE =~ ^[A-Za-z0-9._-]{1,64}$ && $SAMPLE != .* ]] \
+  || die "$EX_USAGE" "--sample must match [A-Za-z0-9._-]{1,64} and not start with '.', got '$SAMPLE'"
+PAIRED=0; [ ${#READS[@]} -eq 2 ] && PAIRED=1
+
+# ---- tools -------------------------------------------------------------------------------
+progress 0 check "tools and inputs"
+missing=()
+for tool in fastp minimap2 samtools bcftools python3 gzip awk; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+[ ${#missing[@]} -eq 0 ] || die "$EX_TOOL" "missing tool(s): ${missing[*]} (not on PATH; scripts/deps.sh installs the pipeline's tools)"
+
+# ---- inputs ------------------------------------------------------------------------------
+is_gzip() { [ "$(head -c2 -- "$1" | od -An -tx1 | tr -d ' \n')" = 1f8b ]; }
+check_file() { # check_file WHAT PATH
+  [ -e "$2" ] || die "$EX_INPUT" "$1 not found: $2"
+  [ -f "$2" ] || die "$EX_INPUT" "$1 is not a regular file: $2"
+  [ -r "$2" ] || die "$EX_INPUT" "$1 is not readable: $2"
+  [ -s "$2" ] || die "$EX_INPUT" "$1 is empty: $2"
+}
+head_lines() { # head_lines N PATH: the first N lines, decompressed if gzip (never fails)
+  { if is_gzip "$2"; then gzip -cd -- "$2" 2>/dev/null; else cat -- "$2"; fi || true; } | head -n "$1" || true
+}
+check_fastq() { # check_fastq PATH: the first records parse, sequence and quality lengths agree
+  local f=$1 n=0 h s p q
+  while IFS= read -r h && IFS= read -r s && IFS= read -r p && IFS= read -r q; do
+    h=${h%$'\r'} s=${s%$'\r'} p=${p%$'\r'} q=${q%$'\r'}
+    n=$((n + 1))
+    [[ $h == @?* ]] || die "$EX_INPUT" "reads file is not FASTQ (record $n does not start with '@'): $f"
+    [[ $s =~ ^[A-Za-z.*-]+$ ]] || die "$EX_INPUT" "reads file is not FASTQ (record $n has no valid sequence line): $f"
+    [[ $p == +* ]] || die "$EX_INPUT" "reads file is not FASTQ (record $n has no '+' line): $f"
+    [ ${#s} -eq ${#q} ] || die "$EX_INPUT" "reads file is not valid FASTQ (record $n: sequence length ${#s} != quality length ${#q}): $f"
+  done < <(head_lines 40 "$f")
+  if [ "$n" -eq 0 ]; then
+    if is_gzip "$f" && [ "$(head_lines 1 "$f" | wc -c)" -eq 0 ]; then
+      die "$EX_INPUT" "reads file is gzip but decompresses to nothing (corrupt or empty): $f"
+    fi
+    die "$EX_INPUT" "reads file is not FASTQ (no complete record): $f"
+  fi
+}
+check_fasta() { # check_fasta PATH: starts with a '>' header followed by sequence
+  local f=$1 first second
+  { IFS= read -r first || true; IFS= read -r second || true; } < <(head_lines 2 "$f" | tr -d '\r')
+  [[ $first == '>'?* ]] || die "$EX_INPUT" "reference is not FASTA (first line does not start with '>'): $f"
+  [[ $second =~ ^[A-Za-z*-]+$ ]] || die "$EX_INPUT" "reference is not FASTA (no sequence after the first header): $f"
+}
+
+check_file "reference" "$REFERENCE"
+check_fasta "$REFERENCE"
+for i in "${!READS[@]}"; do
+  check_file "reads file $((i + 1))" "${READS[$i]}"
+  check_fastq "${READS[$i]}"
+done
+if [ "$PAIRED" = 1 ] && [ "${READS[0]}" -ef "${READS[1]}" ]; then
+  die "$EX_INPUT" "the two --reads are the same file: ${READS[0]}"
+fi
+
+# absolute input paths, then work inside the outdir only
+abspath() { (cd -- "$(dirname -- "$1")" && printf '%s/%s\n' "$(pwd -P)" "$(basename -- "$1")"); }
+REFERENCE=$(abspath "$REFERENCE")
+for i in "${!READS[@]}"; do READS[$i]=$(abspath "${READS[$i]}"); done
+mkdir -p -- "$OUTDIR" 2>/dev/null || die "$EX_INPUT" "cannot create --outdir: $OUTDIR"
+[ -d "$OUTDIR" ] && [ -w "$OUTDIR" ] || die "$EX_INPUT" "--outdir is not a writable directory: $OUTDIR"
+OUTDIR=$(cd -- "$OUTDIR" && pwd -P)
+WORK=$OUTDIR/work
+rm -rf -- "$WORK"
+mkdir -p -- "$WORK/tmp"
+export TMPDIR=$WORK/tmp
+cd -- "$OUTDIR"
+T_START=$(now_ms)
+log "sample=$SAMPLE paired=$PAIRED threads=$THREADS outdir=$OUTDIR"
+
+# ---- reference ---------------------------------------------------------------------------
+progress 5 reference "prepare and index (samtools faidx)"
+REF=$WORK/ref.fa
+if is_gzip "$REFERENCE"; then
+  gzip -cd -- "$REFERENCE" >"$REF" || die "$EX_INPUT" "reference is not a readable gzip file: $REFERENCE"
+else
+  ln -s -- "$REFERENCE" "$REF"
+fi
+samtools faidx "$REF" >&2 || die "$EX_INPUT" "reference is not a valid FASTA (samtools faidx failed, see above): $REFERENCE"
+[ -s "$REF.fai" ] || die "$EX_INPUT" "reference has no sequences: $REFERENCE"
+
+# ---- QC / trimming -----------------------------------------------------------------------
+progress 10 qc "fastp $([ "$PAIRED" = 1 ] && echo paired-end || echo single-end)"
+FASTP_THREADS=$THREADS; [ "$FASTP_THREADS" -le 16 ] || FASTP_THREADS=16
+if [ "$PAIRED" = 1 ]; then
+  TRIMMED=("$WORK/trimmed_R1.fq.gz" "$WORK/trimmed_R2.fq.gz")
+  fastp -i "${READS[0]}" -I "${READS[1]}" -o "${TRIMMED[0]}" -O "${TRIMMED[1]}" \
+    --detect_adapter_for_pe -z 1 -w "$FASTP_THREADS" -j fastp.json -h fastp.html \
+    -R "$SAMPLE fastp report" >&2
+else
+  TRIMMED=("$WORK/trimmed.fq.gz")
+  fastp -i "${READS[0]}" -o "${TRIMMED[0]}" \
+    -z 1 -w "$FASTP_THREADS" -j fastp.json -h fastp.html -R "$SAMPLE fastp report" >&2
+fi
+
+# ---- alignment ---------------------------------------------------------------------------
+progress 25 align "minimap2 -ax sr | samtools sort"
+minimap2 -ax sr -t "$THREADS" -R "@RG\tID:$SAMPLE\tSM:$SAMPLE\tPL:ILLUMINA" "$REF" "${TRIMMED[@]}" 2> >(grep -v '^\[M::' >&2 || true) \
+  | samtools sort -@ "$THREADS" -m 256M -T "$WORK/tmp/sort" -o "$SAMPLE.bam" - >&2
+
+# ---- index and stats ---------------------------------------------------------------------
+progress 60 stats "samtools index, flagstat, stats, coverage"
+samtools index -@ "$THREADS" "$SAMPLE.bam" >&2
+samtools flagstat -@ "$THREADS" "$SAMPLE.bam" >"$SAMPLE.flagstat.txt"
+samtools stats -@ "$THREADS" "$SAMPLE.bam" >"$SAMPLE.stats.txt"
+samtools coverage "$SAMPLE.bam" >"$SAMPLE.coverage.tsv"
+
+# ---- variant calling ---------------------------------------------------------------------
+progress 70 call "bcftools mpileup | bcftools call -mv"
+bcftools mpileup --threads "$THREADS" -f "$REF" -a FORMAT/AD,FORMAT/DP -Ou "$SAMPLE.bam" 2> >(grep -v '^\[mpileup\] 1 samples' >&2 || true) \
+  | bcftools call --threads "$THREADS" -mv -Oz -o "$SAMPLE.vcf.gz" >&2
+if ! bcftools index -t -f "$SAMPLE.vcf.gz" >&2 2>/dev/null; then
+  bcftools index -c -f "$SAMPLE.vcf.gz" >&2 # contigs > 512 Mbp need CSI
+fi
+bcftools query -f '%CHROM\t%POS\t%REF\t%ALT\t%QUAL\t%TYPE\t[%GT]\t[%DP]\n' "$SAMPLE.vcf.gz" >"$WORK/variants.tsv"
+
+# ---- report ------------------------------------------------------------------------------
+progress 95 report "report.json, report.html"
+VERSIONS=$(
+  printf 'fastp\t%s\n' "$(fastp --version 2>&1 | awk 'NR==1{print $2}')"
+  printf 'minimap2\t%s\n' "$(minimap2 --version 2>&1 | awk 'NR==1')"
+  printf 'samtools\t%s\n' "$(samtools --version | awk 'NR==1{print $2}')"
+  printf 'bcftools\t%s\n' "$(bcftools --version | awk 'NR==1{print $2}')"
+)
+DURATIONS=$(for i in "${!STAGE_NAMES[@]}"; do printf '%s\t%s\n' "${STAGE_NAMES[$i]}" "${STAGE_SECONDS[$i]}"; done)
+export P_SAMPLE=$SAMPLE P_PAIRED=$PAIRED P_THREADS=$THREADS P_VERSIONS=$VERSIONS P_DURATIONS=$DURATIONS \
+  P_REFERENCE=$REFERENCE P_READS=$(printf '%s\n' "${READS[@]}") P_WORK=$WORK \
+  P_ELAPSED_MS=$(( $(now_ms) - T_START ))
+python3 - <<'PY'
+import html, json, os
+
+env = os.environ
+sample = env["P_SAMPLE"]
+work = env["P_WORK"]
+
+def pairs(text):
+    return [line.split("\t", 1) for line in text.splitlines() if "\t" in line]
+
+fp = json.load(open("fastp.json"))
+before = fp["summary"]["before_filtering"]
+after = fp["summary"]["after_filtering"]
+
+sn = {}
+for line in open(f"{sample}.stats.txt"):
+    if line.startswith("SN\t"):
+        _, key, value = line.rstrip("\n").split("\t")[:3]
+        sn[key.rstrip(":")] = value
+total = int(sn.get("raw total sequences", 0))
+mapped = int(sn.get("reads mapped", 0))
+percent_mapped = round(100.0 * mapped / total, 2) if total else 0.0
+properly_paired = round(100.0 * int(sn.get("reads properly paired", 0)) / total, 2) if total else 0.0
+
+contigs = []
+with open(f"{sample}.coverage.tsv") as fh:
+    header = fh.readline().lstrip("#").split()
+    for line in fh:
+        row = dict(zip(header, line.split()))
+        length = int(row["endpos"]) - int(row["startpos"]) + 1
+        contigs.append({"name": row["rname"], "length": length, "reads": int(row["numreads"]),
+                        "covered_bases": int(row["covbases"]), "mean_depth": float(row["meandepth"])})
+genome = sum(c["length"] for c in contigs)
+mean_depth = round(sum(c["mean_depth"] * c["length"] for c in contigs) / genome, 2) if genome else 0.0
+breadth = round(100.0 * sum(c["covered_bases"] for c in contigs) / genome, 2) if genome else 0.0
+
+variants = []
+for line in open(os.path.join(work, "variants.tsv")):
+    chrom, pos, ref, alt, qual, vtype, gt, dp = line.rstrip("\n").split("\t")
+    variants.append({"chrom": chrom, "pos": int(pos), "ref": ref, "alt": alt,
+                     "qual": None if qual == "." else float(qual), "type": vtype, "gt": gt, "dp": dp})
+n_snps = sum(1 for v in variants if v["type"] == "SNP")
+n_indels = sum(1 for v in variants if v["type"] == "INDEL")
+
+versions = dict(pairs(env["P_VERSIONS"]))
+durations = {k: round(int(v) / 1000.0, 3) for k, v in pairs(env["P_DURATIONS"])}
+paired = env["P_PAIRED"] == "1"
+vcf = f"{sample}.vcf.gz"
+vcf_index = vcf + (".tbi" if os.path.exists(vcf + ".tbi") else ".csi")
+
+report = {
+    "sample": sample,
+    "reads_before": before["total_reads"],
+    "reads_after": after["total_reads"],
+    "percent_mapped": percent_mapped,
+    "mean_depth": mean_depth,
+    "variants": len(variants),
+    "snps": n_snps,
+    "indels": n_indels,
+    "paired": paired,
+    "bases_before": before["total_bases"],
+    "bases_after": after["total_bases"],
+    "q30_rate_after": after.get("q30_rate"),
+    "percent_properly_paired": properly_paired if paired else None,
+    "breadth_1x": breadth,
+    "reference_length": genome,
+    "contigs": contigs,
+    "inputs": {"reference": os.path.basename(env["P_REFERENCE"]),
+               "reads": [os.path.basename(p) for p in env["P_READS"].splitlines()]},
+    "threads": int(env["P_THREADS"]),
+    "tools": versions,
+    "durations_seconds": durations,
+    "elapsed_seconds": round(int(env["P_ELAPSED_MS"]) / 1000.0, 3),
+    "files": {"bam": f"{sample}.bam", "bai": f"{sample}.bam.bai", "vcf": vcf, "vcf_index": vcf_index,
+              "fastp_json": "fastp.json", "fastp_html": "fastp.html",
+              "report_json": "report.json", "report_html": "report.html"},
+}
+tmp = "report.json.tmp"
+with open(tmp, "w") as fh:
+    json.dump(report, fh, indent=2)
+    fh.write("\n")
+os.replace(tmp, "report.json")
+
+e = html.escape
+def table(rows, head=None):
+    out = ["<table>"]
+    if head:
+        out.append("<tr>" + "".join(f"<th>{e(str(h))}</th>" for h in head) + "</tr>")
+    for r in rows:
+        out.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+summary_rows = [
+    ("Sample", sample), ("Layout", "paired-end" if paired else "single-end"),
+    ("Reads before QC", f"{report['reads_before']:,}"), ("Reads after QC", f"{report['reads_after']:,}"),
+    ("Reads kept", f"{100.0 * report['reads_after'] / report['reads_before']:.2f} %" if report["reads_before"] else "n/a"),
+    ("Mapped", f"{percent_mapped:.2f} %"),
+    ("Mean depth", f"{mean_depth:.2f}x"), ("Breadth (>= 1x)", f"{breadth:.2f} %"),
+    ("Variants", f"{len(variants)} ({n_snps} SNPs, {n_indels} indels)"),
+    ("Reference", f"{report['inputs']['reference']} ({genome:,} bp, {len(contigs)} contigs)"),
+    ("Reads", ", ".join(report["inputs"]["reads"])),
+]
+shown = variants[:500]
+doc = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>{e(sample)} - pipeq report</title>
+<style>
+body {{ font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; padding: 0 1em; }}
+h1 {{ font-size: 1.5em; }} h2 {{ font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }}
+table {{ border-collapse: collapse; margin: .5em 0; }}
+td, th {{ padding: .2em .8em; border-bottom: 1px solid #eee; text-align: left; }}
+th {{ background: #f4f4f4; }} td:not(:first-child) {{ font-variant-numeric: tabular-nums; }}
+.muted {{ color: #777; }}
+</style></head><body>
+<h1>Variant calling report: {e(sample)}</h1>
+<h2>Summary</h2>
+{table(summary_rows)}
+<h2>Coverage by contig</h2>
+{table([(c["name"], f'{c["length"]:,}', f'{c["reads"]:,}', f'{c["mean_depth"]:.2f}',
+          f'{100.0 * c["covered_bases"] / c["length"]:.2f} %' if c["length"] else "n/a") for c in contigs],
+       ["contig", "length", "reads", "mean depth", "breadth"])}
+<h2>Variants</h2>
+<p class="muted">{len(variants)} records in {e(vcf)}{"; the first 500 are shown" if len(variants) > 500 else ""}.</p>
+{table([(v["chrom"], v["pos"], v["ref"], v["alt"], "." if v["qual"] is None else f'{v["qual"]:.1f}', v["type"], v["gt"], v["dp"]) for v in shown],
+       ["chrom", "pos", "ref", "alt", "qual", "type", "genotype", "depth"])}
+<h2>Files</h2>
+{table([(k, v) for k, v in report["files"].items()])}
+<p class="muted">Read QC details: fastp.html in the same folder.</p>
+<h2>Run</h2>
+{table([(k, f"{v:.2f} s") for k, v in durations.items()] + [("total", f"{report['elapsed_seconds']:.2f} s")], ["stage", "duration"])}
+{table(sorted(versions.items()), ["tool", "version"])}
+</body></html>
+"""
+with open("report.html.tmp", "w") as fh:
+    fh.write(doc)
+os.replace("report.html.tmp", "report.html")
+PY
+
+rm -rf -- "$WORK"
+STAGE=done
+echo "PROGRESS 100 done"
