@@ -193,12 +193,12 @@ FASTP_THREADS=$THREADS; [ "$FASTP_THREADS" -le 16 ] || FASTP_THREADS=16
 if [ "$PAIRED" = 1 ]; then
   TRIMMED=("$WORK/trimmed_R1.fq.gz" "$WORK/trimmed_R2.fq.gz")
   fastp -i "${READS[0]}" -I "${READS[1]}" -o "${TRIMMED[0]}" -O "${TRIMMED[1]}" \
-    --detect_adapter_for_pe -z 1 -w "$FASTP_THREADS" -j fastp.json -h fastp.html \
+    --detect_adapter_for_pe --dont_eval_duplication -z 1 -w "$FASTP_THREADS" -j fastp.json -h fastp.html \
     -R "$SAMPLE fastp report" >&2
 else
   TRIMMED=("$WORK/trimmed.fq.gz")
   fastp -i "${READS[0]}" -o "${TRIMMED[0]}" \
-    -z 1 -w "$FASTP_THREADS" -j fastp.json -h fastp.html -R "$SAMPLE fastp report" >&2
+    --dont_eval_duplication -z 1 -w "$FASTP_THREADS" -j fastp.json -h fastp.html -R "$SAMPLE fastp report" >&2
 fi
 
 # ---- alignment ---------------------------------------------------------------------------
