@@ -1,0 +1,311 @@
+"""Real runs of pipeline.sh on simulated data: outputs, report numbers, planted SNPs, progress
+lines, and every documented failure (usage 2, missing tool 3, bad input 4, failed stage 5).
+
+Needs the pipeline's tools (`make deps`); a run on the test data takes about a second.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.simdata import (
+    make_dataset,
+    write_mismatched_fastq,
+    write_not_fasta,
+    write_not_fastq,
+    write_truncated_fastq,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+PIPELINE = ROOT / "pipeline.sh"
+TOOLS = ("fastp", "minimap2", "samtools", "bcftools")
+PROGRESS = re.compile(r"^PROGRESS (\d{1,3}) (\S+)(?: (.*))?$")
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(
+        any(shutil.which(t) is None for t in TOOLS),
+        reason="pipeline tools missing (run `make deps`)",
+    ),
+]
+
+
+def run(*args: str | Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(PIPELINE), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def progress_lines(stdout: str) -> list[tuple[int, str, str]]:
+    """Every stdout line must be a progress line; returns (percent, stage, text)."""
+    out = []
+    for line in stdout.splitlines():
+        m = PROGRESS.match(line)
+        assert m, f"stdout line is not a progress line: {line!r}"
+        out.append((int(m.group(1)), m.group(2), m.group(3) or ""))
+    return out
+
+
+def last_stderr_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines, "no message on stderr"
+    return lines[-1]
+
+
+def vcf_sites(vcf: Path) -> set[tuple[str, int, str, str]]:
+    sites = set()
+    with gzip.open(vcf, "rt") as fh:  # BGZF is gzip
+        for line in fh:
+            if line.startswith("#"):
+                continue
+            chrom, pos, _id, ref, alts = line.split("\t")[:5]
+            for alt in alts.split(","):
+                sites.add((chrom, int(pos), ref, alt))
+    return sites
+
+
+def listing(d: Path) -> dict[str, tuple[int, float]]:
+    return {str(p.relative_to(d)): (p.stat().st_size, p.stat().st_mtime) for p in d.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("paired"), seed=7, n_snps=12, paired=True)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("single"), seed=11, n_snps=8, paired=False, gzip_reference=True)
+
+
+def check_success(proc, ds, outdir: Path, sample: str):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    # progress: only progress lines on stdout, non-decreasing, 0 first, "100 done" last
+    prog = progress_lines(proc.stdout)
+    assert prog[0][0] == 0
+    assert prog[-1][:2] == (100, "done")
+    pcts = [p for p, _, _ in prog]
+    assert pcts == sorted(pcts), pcts
+    assert [s for _, s, _ in prog] == ["check", "reference", "qc", "align", "stats", "call", "report", "done"]
+
+    files = [
+        f"{sample}.bam", f"{sample}.bam.bai", f"{sample}.vcf.gz", f"{sample}.vcf.gz.tbi",
+        "fastp.json", "fastp.html", "report.json", "report.html",
+    ]
+    for name in files:
+        assert (outdir / name).is_file() and (outdir / name).stat().st_size > 0, name
+    assert not (outdir / "work").exists(), "scratch left behind"
+
+    report = json.loads((outdir / "report.json").read_text())
+    for key in ("sample", "reads_before", "reads_after", "percent_mapped", "mean_depth", "variants"):
+        assert key in report, key
+    assert report["sample"] == sample
+    assert report["reads_before"] == ds.total_reads
+    assert 0 < report["reads_after"] <= report["reads_before"]
+    assert report["percent_mapped"] > 90
+    assert abs(report["mean_depth"] - ds.depth) < 0.2 * ds.depth, report["mean_depth"]
+    assert report["paired"] is ds.paired
+
+    # every planted SNP is called (homozygous alt), and there is little else
+    sites = vcf_sites(outdir / f"{sample}.vcf.gz")
+    planted = {(s.contig, s.pos, s.ref, s.alt) for s in ds.snps}
+    assert planted <= sites, f"missed: {sorted(planted - sites)}"
+    assert report["variants"] == len(sites) <= len(planted) + 2
+
+    html = (outdir / "report.html").read_text()
+    assert html.lstrip().lower().startswith("<!doctype html>")
+    assert sample in html and "Mean depth" in html
+    assert "<script src" not in html and "<link" not in html  # self-contained
+    return report, prog
+
+
+def test_paired_end_run(paired, tmp_path):
+    outdir = tmp_path / "out"
+    inputs_before = listing(paired.reference.parent)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = run(
+        "--reference", paired.reference, "--reads", paired.reads[0], "--reads", paired.reads[1],
+        "--outdir", outdir, "--sample", "S1", "--threads", "2", cwd=cwd,
+    )
+    report, _ = check_success(proc, paired, outdir, "S1")
+    assert report["percent_properly_paired"] > 90
+    # writes nothing outside --outdir: the input folder (no .fai beside the reference) and cwd
+    assert listing(paired.reference.parent) == inputs_before
+    assert list(cwd.iterdir()) == []
+    # the VCF's sample column is the sample name (read group SM)
+    header = subprocess.run(["bcftools", "query", "-l", outdir / "S1.vcf.gz"], capture_output=True, text=True)
+    assert header.stdout.split() == ["S1"]
+
+
+def test_single_end_gzip_reference_default_sample(single, tmp_path):
+    outdir = tmp_path / "nested" / "out"  # created by the pipeline
+    proc = run("--reference", single.reference, "--reads", single.reads[0], f"--outdir={outdir}")
+    # default sample: the reads file name without extensions (sim.fq.gz -> sim)
+    check_success(proc, single, outdir, "sim")
+
+
+def test_rerun_into_same_outdir(paired, tmp_path):
+    outdir = tmp_path / "out"
+    args = ("--reference", paired.reference, "--reads", paired.reads[0], "--reads", paired.reads[1], "--outdir", outdir)
+    assert run(*args).returncode == 0
+    proc = run(*args)
+    check_success(proc, paired, outdir, "sim")
+
+
+# ---- failures ------------------------------------------------------------------------------
+
+
+def assert_fails(proc, code: int, *needles: str):
+    assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:])
+    msg = last_stderr_line(proc)
+    assert msg.startswith("pipeline.sh: error: "), msg
+    for needle in needles:
+        assert needle in msg, msg
+    # whatever progress it printed still parses and never claims completion
+    prog = progress_lines(proc.stdout)
+    assert all(stage != "done" for _, stage, _ in prog)
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        ([], "missing --reference"),
+        (["--reference", "r.fa"], "missing --reads"),
+        (["--reference", "r.fa", "--reads", "a.fq"], "missing --outdir"),
+        (["--reference", "r.fa", "--reads", "a", "--reads", "b", "--reads", "c", "--outdir", "o"], "--reads given 3 times"),
+        (["--reference", "r.fa", "--reads", "a.fq", "--outdir", "o", "--bogus"], "unknown argument: --bogus"),
+        (["--reference", "r.fa", "--reads", "a.fq", "--outdir", "o", "--sample", "a/b"], "--sample must match"),
+        (["--reference", "r.fa", "--reads", "a.fq", "--outdir", "o", "--threads", "0"], "--threads must be"),
+        (["--reference"], "--reference needs a value"),
+    ],
+)
+def test_usage_errors(argv, needle, tmp_path):
+    proc = run(*argv, cwd=tmp_path)
+    assert_fails(proc, 2, needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help():
+    proc = run("--help")
+    assert proc.returncode == 0
+    assert "usage: pipeline.sh" in proc.stdout
+
+
+def test_missing_reference(paired, tmp_path):
+    missing = tmp_path / "nope.fa"
+    proc = run("--reference", missing, "--reads", paired.reads[0], "--outdir", tmp_path / "out")
+    assert_fails(proc, 4, "reference not found", str(missing))
+
+
+@pytest.mark.parametrize(
+    "writer, name, needle",
+    [
+        (write_not_fastq, "bad.fq", "not FASTQ"),
+        (write_not_fastq, "bad.fq.gz", "not FASTQ"),
+        (write_truncated_fastq, "trunc.fq", "no complete record"),
+        (write_mismatched_fastq, "mismatch.fq.gz", "quality length"),
+    ],
+)
+def test_reads_not_fastq(paired, tmp_path, writer, name, needle):
+    bad = writer(tmp_path / name)
+    proc = run("--reference", paired.reference, "--reads", bad, "--outdir", tmp_path / "out")
+    assert_fails(proc, 4, needle, str(bad))
+    assert not (tmp_path / "out").exists(), "an input error must be caught before any work"
+
+
+def test_second_reads_bad(paired, tmp_path):
+    bad = write_not_fastq(tmp_path / "r2.fq")
+    proc = run("--reference", paired.reference, "--reads", paired.reads[0], "--reads", bad, "--outdir", tmp_path / "o")
+    assert_fails(proc, 4, "not FASTQ", str(bad))
+
+
+def test_reads_empty_or_corrupt_gzip(paired, tmp_path):
+    empty = tmp_path / "empty.fq"
+    empty.touch()
+    proc = run("--reference", paired.reference, "--reads", empty, "--outdir", tmp_path / "o")
+    assert_fails(proc, 4, "empty")
+    corrupt = tmp_path / "corrupt.fq.gz"
+    corrupt.write_bytes(b"\x1f\x8b\x08\x00garbage-not-deflate" * 4)
+    proc = run("--reference", paired.reference, "--reads", corrupt, "--outdir", tmp_path / "o")
+    assert_fails(proc, 4, str(corrupt))
+
+
+def test_reference_not_fasta(paired, tmp_path):
+    bad = write_not_fasta(tmp_path / "ref.fa.gz")
+    proc = run("--reference", bad, "--reads", paired.reads[0], "--outdir", tmp_path / "o")
+    assert_fails(proc, 4, "reference is not FASTA")
+
+
+def test_same_file_twice(paired, tmp_path):
+    r = paired.reads[0]
+    proc = run("--reference", paired.reference, "--reads", r, "--reads", r, "--outdir", tmp_path / "o")
+    assert_fails(proc, 4, "same file")
+
+
+def path_without(tmp_path: Path, *tools: str) -> str:
+    """A PATH of one folder of symlinks to every command on the current PATH but ``tools``."""
+    d = tmp_path / "bin"
+    d.mkdir()
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        if not os.path.isdir(folder):
+            continue
+        for entry in os.scandir(folder):
+            if entry.name in tools or (d / entry.name).exists() or os.path.islink(d / entry.name):
+                continue
+            if entry.is_file() and os.access(entry.path, os.X_OK):
+                (d / entry.name).symlink_to(entry.path)
+    return str(d)
+
+
+def test_missing_tool(paired, tmp_path):
+    env = {**os.environ, "PATH": path_without(tmp_path, "minimap2", "bcftools")}
+    proc = run(
+        "--reference", paired.reference, "--reads", paired.reads[0], "--outdir", tmp_path / "out", env=env,
+    )
+    assert_fails(proc, 3, "missing tool(s): minimap2 bcftools")
+
+
+def test_failing_stage(paired, tmp_path):
+    """A tool that fails mid-run: exit 5, naming the stage, and stdout stops at that stage."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    tool = fake / "minimap2"
+    tool.write_text("#!/bin/sh\necho 'minimap2: simulated crash' >&2\nexit 1\n")
+    tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
+    proc = run(
+        "--reference", paired.reference, "--reads", paired.reads[0], "--reads", paired.reads[1],
+        "--outdir", tmp_path / "out", env=env,
+    )
+    assert_fails(proc, 5, "stage 'align' failed")
+    assert "simulated crash" in proc.stderr
+    assert progress_lines(proc.stdout)[-1][1] == "align"
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_simdata_is_deterministic(tmp_path):
+    a = make_dataset(tmp_path / "a", seed=3, n_snps=5, contig_lengths=(3000,), depth=5)
+    b = make_dataset(tmp_path / "b", seed=3, n_snps=5, contig_lengths=(3000,), depth=5)
+    c = make_dataset(tmp_path / "c", seed=4, n_snps=5, contig_lengths=(3000,), depth=5)
+    assert a.snps == b.snps != c.snps
+    for x, y in zip(a.reads + [a.reference], b.reads + [b.reference]):
+        assert x.read_bytes() == y.read_bytes()
+    assert len({s.pos for s in a.snps}) == 5
+    ref = "".join(a.reference.read_text().splitlines()[1:])
+    assert all(ref[s.pos - 1] == s.ref != s.alt for s in a.snps)
