@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     maintenance_interval: int = Field(5, ge=1, description="Seconds between a worker's registry clean-ups (which requeue abandoned jobs).")
 
     # pipeq dev: local autoscaled workers
-    min_workers: int = Field(0, ge=0, description="pipeq dev: fewest local workers.")
+    min_workers: int = Field(1, ge=0, description="pipeq dev: fewest local workers (0 = scale to zero).")
     max_workers: int = Field(4, ge=1, description="pipeq dev: most local workers.")
     jobs_per_worker: int = Field(1, ge=1, description="Jobs one worker takes at a time (scaling divides the load by it).")
     scale_down_delay: float = Field(60.0, ge=0, description="Seconds a lower worker count must hold before workers are removed.")

@@ -1,0 +1,5 @@
+import sys
+
+from pipeq.cli import main
+
+sys.exit(main())

@@ -1,0 +1,64 @@
+"""The FastAPI application: routers, error handling, the web page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
+
+from pipeq import __version__, queue
+from pipeq.api.metrics import REGISTRY, QueueCollector
+from pipeq.api.routers import health, jobs, runs
+from pipeq.settings import Settings, get_settings
+
+STATIC = Path(__file__).with_name("static")
+
+DESCRIPTION = """
+Submit a pipeline run with `POST /run_pipeline` (multipart: one or two `reads` FASTQ files,
+one `reference` FASTA, an optional `sample`), get a `job_id` at once, and poll
+`GET /job_status/{job_id}` until the job is `finished` (results under `result`) or `failed`
+(the reason under `error`).
+"""
+
+
+class _Forward:
+    """Expose a shared registry's metrics through a per-app registry."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+
+    def collect(self):
+        yield from self.registry.collect()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(title="pipeq", version=__version__, description=DESCRIPTION)
+    app.state.settings = settings
+    app.state.redis = queue.connect(settings.redis_url)
+    registry = CollectorRegistry()
+    registry.register(_Forward(REGISTRY))
+    registry.register(QueueCollector(app.state.redis, settings.queue))
+    app.state.metrics_registry = registry
+    (settings.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_down(request: Request, exc: redis.RedisError):
+        return JSONResponse(status_code=503, content={"detail": f"Redis is unreachable, try again shortly ({type(exc).__name__})"})
+
+    app.include_router(runs.router)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+
+    if STATIC.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+        @app.get("/", include_in_schema=False)
+        def index():
+            return FileResponse(STATIC / "index.html")
+
+    return app

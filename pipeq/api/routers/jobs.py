@@ -1,0 +1,95 @@
+"""The jobs collection: list, cancel or stop, the log, and result downloads."""
+
+from __future__ import annotations
+
+import redis
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi.responses import FileResponse, PlainTextResponse
+from rq.command import send_stop_job_command
+from rq.job import Job
+
+from pipeq import jobs, queue, storage
+from pipeq.api.deps import get_redis, get_settings, require_token
+from pipeq.api.routers.runs import status_of
+from pipeq.settings import Settings
+
+router = APIRouter(prefix="/jobs", dependencies=[Depends(require_token)], tags=["jobs"])
+
+LOG_TAIL_BYTES = 256 * 1024
+
+
+@router.get("", response_model=jobs.JobList, summary="Recent jobs, newest first")
+def list_jobs(
+    limit: int = Query(20, ge=1, le=200),
+    offset: int = Query(0, ge=0, le=1_000_000),
+    conn: redis.Redis = Depends(get_redis),
+    settings: Settings = Depends(get_settings),
+) -> jobs.JobList:
+    ids = [i.decode() for i in conn.zrevrange(queue.JOBS_INDEX, offset, offset + limit - 1)]
+    total = conn.zcard(queue.JOBS_INDEX)
+    found = [j for j in Job.fetch_many(ids, connection=conn) if j is not None]
+    if len(found) < len(ids):
+        # jobs expire from Redis on their own; drop them from the index as we notice
+        gone = set(ids) - {j.id for j in found}
+        conn.zrem(queue.JOBS_INDEX, *gone)
+        total -= len(gone)
+    return jobs.JobList(
+        jobs=[jobs.to_status(j, with_result=False) for j in found], total=total, limit=limit, offset=offset
+    )
+
+
+@router.delete(
+    "/{job_id}",
+    response_model=jobs.JobStatus,
+    responses={404: {"description": "No such job."}, 409: {"description": "The job has already ended."}},
+    summary="Cancel a queued job, or stop a running one",
+)
+def cancel_job(job_id: str, conn: redis.Redis = Depends(get_redis)) -> jobs.JobStatus:
+    """A queued job is canceled; a running job is stopped (its pipeline's processes are killed).
+
+    Stopping is asynchronous: the answer may still say `started`; poll until `stopped`.
+    """
+    current = status_of(conn, job_id)
+    if current.status in jobs.FINAL:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"the job has already ended ({current.status})")
+    job = jobs.fetch(conn, job_id)
+    if current.status == "queued":
+        job.cancel()
+    else:
+        send_stop_job_command(conn, job_id)
+    return status_of(conn, job_id)
+
+
+@router.get(
+    "/{job_id}/log",
+    response_class=PlainTextResponse,
+    responses={404: {"description": "No such job."}},
+    summary="The pipeline's output so far (the last 256 KiB)",
+)
+def job_log(job_id: str, conn: redis.Redis = Depends(get_redis), settings: Settings = Depends(get_settings)) -> str:
+    status_of(conn, job_id)
+    path = storage.job_dir(settings.data_dir, job_id) / "pipeline.log"
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - LOG_TAIL_BYTES))
+            return f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+@router.get(
+    "/{job_id}/files/{name}",
+    response_class=FileResponse,
+    responses={404: {"description": "No such job or no such result file."}},
+    summary="Download one result file",
+)
+def job_file(job_id: str, name: str, conn: redis.Redis = Depends(get_redis), settings: Settings = Depends(get_settings)):
+    """Only regular files directly in the job's output folder can be reached."""
+    status_of(conn, job_id)
+    path = storage.output_file(settings.data_dir, job_id, name)
+    if path is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no result file {name!r} for job {job_id}")
+    media = "text/html" if name.endswith(".html") else ("application/json" if name.endswith(".json") else "application/octet-stream")
+    return FileResponse(path, media_type=media, filename=name if media == "application/octet-stream" else None)

@@ -1,0 +1,134 @@
+"""Submitting a pipeline run and reading its status."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import redis
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
+
+from pipeq import jobs, queue, storage
+from pipeq.api.deps import get_redis, get_settings, require_token
+from pipeq.api.metrics import SUBMISSIONS
+from pipeq.settings import Settings
+from pipeq.validate import InvalidInput, check_fasta, check_fastq
+
+router = APIRouter(dependencies=[Depends(require_token)], tags=["runs"])
+
+SAMPLE_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+COPY_CHUNK = 1 << 20
+
+
+class Rejected(Exception):
+    """An upload is refused: (HTTP status, field, reason)."""
+
+    def __init__(self, code: int, field: str, reason: str):
+        super().__init__(reason)
+        self.code, self.field, self.reason = code, field, reason
+
+
+@router.post(
+    "/run_pipeline",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=jobs.Submitted,
+    responses={
+        413: {"description": "A file, or all files together, is larger than the server accepts."},
+        422: {"description": "A file is not what it should be (the reason names the field and the problem)."},
+        503: {"description": "Redis is unreachable; nothing was kept."},
+    },
+    summary="Submit a pipeline run",
+)
+async def run_pipeline(
+    request: Request,
+    reads: Annotated[list[UploadFile], File(description="One (single-end) or two (paired-end) FASTQ files, plain or gzip.")],
+    reference: Annotated[UploadFile, File(description="The reference, FASTA, plain or gzip.")],
+    sample: Annotated[str | None, Form(pattern=SAMPLE_PATTERN, description="Sample name, used to name the outputs.")] = None,
+    settings: Settings = Depends(get_settings),
+    conn: redis.Redis = Depends(get_redis),
+) -> jobs.Submitted:
+    """Check the uploads, store them in a new job folder, and enqueue the run.
+
+    Answers 202 at once with the `job_id`; poll `status_url`. On any rejection nothing is
+    enqueued and nothing is left on disk.
+    """
+    job_id = uuid.uuid4().hex
+    final_dir = storage.job_dir(settings.data_dir, job_id)
+    incoming = final_dir.with_name(f".incoming-{job_id}")
+    try:
+        names = await run_in_threadpool(_store_and_check, settings, incoming, reads, reference)
+        incoming.rename(final_dir)
+    except Rejected as r:
+        shutil.rmtree(incoming, ignore_errors=True)
+        SUBMISSIONS.labels(outcome="rejected").inc()
+        raise HTTPException(r.code, detail=[{"loc": ["body", r.field], "msg": r.reason, "type": "value_error"}] if r.code == 422 else f"{r.field}: {r.reason}")
+    except OSError as e:
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, detail=f"the server cannot store the uploads: {e.strerror or e}")
+
+    meta = {"sample": sample, "attempt": 0, "inputs": names}
+    kwargs = {"reads": names["reads"], "reference": names["reference"], "sample": sample}
+    try:
+        queue.enqueue_run(conn, settings.queue, job_id, kwargs, meta=meta, retries=settings.retries, ttl=settings.job_ttl)
+    except redis.RedisError:
+        shutil.rmtree(final_dir, ignore_errors=True)
+        raise
+    SUBMISSIONS.labels(outcome="accepted").inc()
+    return jobs.Submitted(job_id=job_id, status_url=str(request.app.url_path_for("job_status", job_id=job_id)))
+
+
+def _store_and_check(settings: Settings, incoming: Path, reads: list[UploadFile], reference: UploadFile) -> dict:
+    if not 1 <= len(reads) <= 2:
+        raise Rejected(422, "reads", f"give one (single-end) or two (paired-end) reads files, not {len(reads)}")
+    total = sum((f.size or 0) for f in [*reads, reference])
+    if total > settings.max_total_upload_bytes:
+        raise Rejected(413, "files", f"{total} bytes in all, more than the {settings.max_total_upload_bytes} accepted")
+    inputs = incoming / "inputs"
+    inputs.mkdir(parents=True)
+    used: set[str] = set()
+    names: dict = {"reads": []}
+    for field, upload, fallback, check in (
+        *((f"reads[{i}]", f, f"reads_{i + 1}.fastq", check_fastq) for i, f in enumerate(reads)),
+        ("reference", reference, "reference.fasta", check_fasta),
+    ):
+        label = f"{field.split('[')[0]}" if len(reads) == 1 or field == "reference" else field
+        if (upload.size or 0) > settings.max_upload_bytes:
+            raise Rejected(413, label, f"{upload.size} bytes, more than the {settings.max_upload_bytes} accepted per file")
+        name = storage.sanitize_filename(upload.filename or "", fallback)
+        while name in used:
+            name = "_" + name
+        used.add(name)
+        dest = inputs / name
+        upload.file.seek(0)
+        with open(dest, "wb") as out:
+            shutil.copyfileobj(upload.file, out, COPY_CHUNK)
+        try:
+            check(dest)
+        except InvalidInput as e:
+            raise Rejected(422, label, f"{upload.filename or name}: {e}")
+        if field == "reference":
+            names["reference"] = name
+        else:
+            names["reads"].append(name)
+    return names
+
+
+@router.get(
+    "/job_status/{job_id}",
+    response_model=jobs.JobStatus,
+    responses={404: {"description": "No such job (or it expired)."}},
+    summary="A job's state, progress, result or error",
+)
+def job_status(job_id: str, conn: redis.Redis = Depends(get_redis)) -> jobs.JobStatus:
+    return status_of(conn, job_id)
+
+
+def status_of(conn: redis.Redis, job_id: str) -> jobs.JobStatus:
+    job = jobs.fetch(conn, job_id) if storage.JOB_ID_RE.match(job_id) else None
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {job_id!r}")
+    position = jobs.queue_position(conn, job) if job.get_status(refresh=False) == "queued" else None
+    return jobs.to_status(job, position=position)

@@ -1,0 +1,80 @@
+"""The ``pipeq`` command: ``pipeq api``, ``pipeq worker``, ``pipeq operator``, ``pipeq dev``.
+
+Every option also has a ``PIPEQ_*`` environment variable (see the README's settings table);
+an option given on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _env(args: argparse.Namespace, **mapping: str) -> None:
+    """Export the options that were given as PIPEQ_* variables, before settings are read."""
+    for attr, var in mapping.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            os.environ[var] = str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pipeq", description="Run bioinformatics pipelines behind a web front end.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    api = sub.add_parser("api", help="serve the REST API and the web page")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+
+    worker = sub.add_parser("worker", help="run a worker that takes jobs from the queue")
+    worker.add_argument("--queue")
+    worker.add_argument("--name", help="RQ worker name (default: the pod name, HOSTNAME)")
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+
+    operator = sub.add_parser("operator", help="run the WorkerPool operator (kopf)", add_help=False)
+    operator.add_argument("rest", nargs=argparse.REMAINDER)
+
+    dev = sub.add_parser("dev", help="run everything on this machine: embedded Redis, the API, autoscaled workers")
+    dev.add_argument("--host")
+    dev.add_argument("--port", type=int)
+    dev.add_argument("--data-dir")
+    dev.add_argument("--redis-url", help="use this Redis instead of starting an embedded one")
+    dev.add_argument("--min-workers", type=int)
+    dev.add_argument("--max-workers", type=int)
+    dev.add_argument("--scale-down-delay", type=float)
+
+    args = parser.parse_args(argv)
+    if args.command == "api":
+        _env(args, host="PIPEQ_HOST", port="PIPEQ_PORT")
+        import uvicorn
+
+        from pipeq.api.app import create_app
+        from pipeq.settings import get_settings
+
+        s = get_settings()
+        uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="info", access_log=False)
+        return 0
+    if args.command == "worker":
+        _env(args, queue="PIPEQ_QUEUE", name="PIPEQ_WORKER_NAME")
+        from pipeq.worker import run_worker
+
+        return 0 if run_worker(burst=args.burst) else 1
+    if args.command == "operator":
+        from pipeq.operator.main import run
+
+        return run(args.rest)
+    if args.command == "dev":
+        _env(
+            args,
+            host="PIPEQ_HOST", port="PIPEQ_PORT", data_dir="PIPEQ_DATA_DIR", redis_url="PIPEQ_REDIS_URL",
+            min_workers="PIPEQ_MIN_WORKERS", max_workers="PIPEQ_MAX_WORKERS", scale_down_delay="PIPEQ_SCALE_DOWN_DELAY",
+        )
+        from pipeq.dev import run_dev
+
+        return run_dev(embedded_redis=args.redis_url is None and "PIPEQ_REDIS_URL" not in os.environ)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The job as users see it: the pydantic models of the API and how RQ's job becomes them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel, Field
+from rq.job import Job
+from rq.exceptions import NoSuchJobError
+
+Status = Literal["queued", "started", "finished", "failed", "canceled", "stopped"]
+FINAL = {"finished", "failed", "canceled", "stopped"}
+
+
+class JobError(BaseModel):
+    reason: str = Field(description="Why the job failed: `pipeline failed`, `timeout`, `stopped`, `worker lost`, `storage error`...")
+    message: str = Field(description="A sentence for people.")
+    exit_code: int | None = Field(None, description="The pipeline's exit code, when it ran.")
+    stderr_tail: str = Field("", description="The last lines the pipeline wrote to stderr.")
+
+
+class JobResult(BaseModel):
+    files: list[str] = Field(description="Names of the result files; download each from `/jobs/{job_id}/files/{name}`.")
+    summary: dict[str, Any] = Field(description="The numbers of the pipeline's report.json (reads, % mapped, depth, variants).")
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    status: Status = Field(description="queued → started → finished | failed; or canceled (while queued) / stopped (while running).")
+    stage: str | None = Field(None, description="The pipeline stage running now (from its PROGRESS lines).")
+    progress: int | None = Field(None, ge=0, le=100, description="Percent done, as the pipeline reports it.")
+    position: int | None = Field(None, description="Place in the queue while queued (0 = next).")
+    sample: str | None = None
+    queue: str | None = Field(None, description="The queue the job is on.")
+    attempt: int = Field(0, description="How many times a worker started the job (more than 1 after a worker was lost).")
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    result: JobResult | None = Field(None, description="When finished.")
+    error: JobError | None = Field(None, description="When failed or stopped.")
+
+
+class Submitted(BaseModel):
+    job_id: str
+    status_url: str = Field(description="Poll this for the job's status.")
+
+
+class JobList(BaseModel):
+    jobs: list[JobStatus]
+    total: int = Field(description="Jobs kept in all (they expire after PIPEQ_JOB_TTL).")
+    limit: int
+    offset: int
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=timezone.utc)
+    return dt
+
+
+def _status(job: Job) -> Status:
+    s = job.get_status(refresh=False)
+    value = s.value if hasattr(s, "value") else str(s)
+    if value in ("deferred", "scheduled"):
+        return "queued"
+    return value  # type: ignore[return-value]
+
+
+def _error(job: Job, status: str) -> JobError | None:
+    if status not in ("failed", "stopped"):
+        return None
+    err = job.meta.get("error")
+    if err:
+        return JobError(**err)
+    if status == "stopped":
+        return JobError(reason="stopped", message="stopped on request")
+    latest = job.latest_result()
+    exc = (latest.exc_string if latest else None) or ""
+    if "AbandonedJobError" in exc:
+        return JobError(reason="worker lost", message=f"the worker running the job died {job.meta.get('attempt', 0)} time(s); no retries left")
+    last = exc.strip().splitlines()[-1] if exc.strip() else "unknown error"
+    return JobError(reason="worker error", message=last[:500])
+
+
+def to_status(job: Job, *, position: int | None = None, with_result: bool = True) -> JobStatus:
+    """The user's view of an RQ job. ``with_result`` reads the result (one more round trip)."""
+    status = _status(job)
+    meta = job.meta or {}
+    result = None
+    if status == "finished" and with_result:
+        value = job.return_value()
+        if isinstance(value, dict):
+            result = JobResult(files=value.get("files", []), summary=value.get("summary", {}))
+    return JobStatus(
+        job_id=job.id,
+        status=status,
+        stage=meta.get("stage"),
+        progress=meta.get("progress"),
+        position=position if status == "queued" else None,
+        sample=meta.get("sample"),
+        queue=job.origin,
+        attempt=int(meta.get("attempt") or 0),
+        enqueued_at=_utc(job.enqueued_at),
+        started_at=_utc(job.started_at) if status != "queued" else None,
+        ended_at=_utc(job.ended_at) if status in FINAL else None,
+        result=result,
+        error=_error(job, status),
+    )
+
+
+def fetch(conn: redis.Redis, job_id: str) -> Job | None:
+    try:
+        return Job.fetch(job_id, connection=conn)
+    except NoSuchJobError:
+        return None
+
+
+def queue_position(conn: redis.Redis, job: Job) -> int | None:
+    """0-based place of a queued job in its queue (LPOS), or None."""
+    pos = conn.lpos(f"rq:queue:{job.origin}", job.id)
+    return int(pos) if pos is not None else None
+

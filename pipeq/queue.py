@@ -1,0 +1,146 @@
+"""Queue access shared by the API, the workers, the operator and ``pipeq dev``.
+
+Everything that touches RQ's keys directly lives here, so that the rest of pipeq speaks
+in jobs and queues, not in Redis keys.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import redis
+from rq import Queue, Retry
+from rq.job import Job
+from rq.registry import StartedJobRegistry
+
+#: The field a pipeq worker sets in its RQ worker hash while it runs a job (value: job_id).
+BUSY_FIELD = "pipeq_job"
+#: Sorted set of every job, scored by enqueue time, for ``GET /jobs``.
+JOBS_INDEX = "pipeq:jobs"
+#: The task the workers run.
+TASK = "pipeq.worker.task.run_pipeline"
+
+
+def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
+    """A Redis client for ``url`` with bounded timeouts (never hangs a request forever)."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+    )
+
+
+def get_queue(conn: redis.Redis, name: str) -> Queue:
+    return Queue(name, connection=conn)
+
+
+def enqueue_run(
+    conn: redis.Redis,
+    queue_name: str,
+    job_id: str,
+    kwargs: dict,
+    *,
+    meta: dict,
+    retries: int,
+    ttl: int,
+) -> Job:
+    """Enqueue one pipeline run under ``job_id``.
+
+    The job has no RQ timeout (-1): the worker enforces the pool's pipeline timeout itself,
+    so that one job can run on pools with different timeouts. ``retries`` extra attempts are
+    granted for a job whose worker died; the task forfeits them when the pipeline itself fails.
+    """
+    q = get_queue(conn, queue_name)
+    job = q.enqueue_call(
+        TASK,
+        kwargs=kwargs,
+        job_id=job_id,
+        timeout=-1,
+        result_ttl=ttl,
+        failure_ttl=ttl,
+        meta=meta,
+        retry=Retry(max=retries) if retries else None,
+    )
+    now = time.time()
+    with conn.pipeline() as p:
+        p.zadd(JOBS_INDEX, {job_id: now})
+        p.zremrangebyscore(JOBS_INDEX, 0, now - ttl)
+        p.execute()
+    return job
+
+
+@dataclass
+class QueueStats:
+    """What scaling needs to know about one queue, read in one round trip."""
+
+    queued: int
+    running: int
+    expired: int = 0
+    #: busy worker name → job_id
+    busy: dict[str, str] = field(default_factory=dict)
+
+
+# One round trip: queue length, live and expired entries of the started registry, and the
+# job each registered worker of the queue is running. Worker keys of dead workers expire,
+# so HGET answers nil for them.
+_STATS = """
+local now = tonumber(ARGV[1])
+local queued = redis.call('LLEN', KEYS[1])
+local running = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
+local expired = redis.call('ZCOUNT', KEYS[2], '-inf', now)
+local busy = {}
+for _, wkey in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  local job = redis.call('HGET', wkey, ARGV[2])
+  if job then
+    table.insert(busy, wkey)
+    table.insert(busy, job)
+  end
+end
+return {queued, running, expired, busy}
+"""
+
+WORKER_PREFIX = "rq:worker:"
+
+
+def _keys(queue_name: str) -> list[str]:
+    return [f"rq:queue:{queue_name}", f"rq:wip:{queue_name}", f"rq:workers:{queue_name}"]
+
+
+def queue_stats(conn: redis.Redis, queue_name: str) -> QueueStats:
+    """Queued jobs, running jobs (live leases), expired leases and busy workers of a queue."""
+    queued, running, expired, busy = conn.eval(_STATS, 3, *_keys(queue_name), time.time(), BUSY_FIELD)
+    pairs = dict(zip(busy[::2], busy[1::2]))
+    return QueueStats(
+        queued=int(queued),
+        running=int(running),
+        expired=int(expired),
+        busy={_text(k)[len(WORKER_PREFIX):]: _text(v) for k, v in pairs.items()},
+    )
+
+
+def reap_abandoned(conn: redis.Redis, queue_name: str) -> int:
+    """Requeue (or fail, when out of retries) the jobs whose worker stopped renewing the lease.
+
+    A running job's lease is its entry in RQ's started registry; pipeq workers renew it every
+    few seconds, so an expired entry means the worker died. RQ's own clean-up does the work:
+    retry while ``retries_left``, else move to failed as abandoned. Returns how many expired
+    entries there were.
+    """
+    now = time.time()
+    key = _keys(queue_name)[1]
+    expired = conn.zcount(key, "-inf", now)
+    if expired:
+        StartedJobRegistry(queue_name, connection=conn).cleanup(now)
+    return int(expired)
+
+
+def running_job_ids(conn: redis.Redis, queue_name: str) -> list[str]:
+    """Ids of the jobs holding a live lease on the queue."""
+    entries = conn.zrangebyscore(_keys(queue_name)[1], f"({time.time()}", "+inf")
+    return [_text(e).split(":", 1)[0] for e in entries]
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

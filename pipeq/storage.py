@@ -1,0 +1,71 @@
+"""The job folder on the shared data volume, and safe names inside it.
+
+Layout of ``<data_dir>/jobs/<job_id>/``: ``inputs/`` (the checked uploads), ``work/attempt-<n>/``
+(scratch of one attempt), ``output/`` (the published results of the attempt that succeeded)
+and ``pipeline.log`` (the pipeline's output, all attempts).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import unicodedata
+from pathlib import Path
+
+JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def jobs_root(data_dir: Path) -> Path:
+    return Path(data_dir) / "jobs"
+
+
+def job_dir(data_dir: Path, job_id: str) -> Path:
+    """The job's folder. Raises ValueError for anything that is not a job id (no path tricks)."""
+    if not JOB_ID_RE.match(job_id):
+        raise ValueError("not a job id")
+    return jobs_root(data_dir) / job_id
+
+
+def sanitize_filename(name: str, fallback: str) -> str:
+    """A safe base name for an upload: no directories, no control or exotic characters.
+
+    Unicode is folded to ASCII (NFKD), path separators and everything outside
+    ``[A-Za-z0-9._-]`` become ``_``, leading dots are dropped (no hidden files, no ``..``),
+    and the result is at most 100 characters. An empty result gives ``fallback``.
+    """
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    name = _UNSAFE.sub("_", name).lstrip(".")
+    name = name[-100:]
+    return name or fallback
+
+
+def output_file(data_dir: Path, job_id: str, name: str) -> Path | None:
+    """The path of result ``name`` of a job, or None when it is not a regular file inside
+    that job's ``output/`` folder (``..``, absolute names, symlinks pointing out are refused)."""
+    out = (job_dir(data_dir, job_id) / "output").resolve()
+    if not name or "/" in name or "\\" in name or "\0" in name or name in (".", ".."):
+        return None
+    candidate = out / name
+    if candidate.is_symlink():
+        return None
+    try:
+        resolved = candidate.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if resolved.parent != out or not resolved.is_file():
+        return None
+    return resolved
+
+
+def list_outputs(data_dir: Path, job_id: str) -> list[str]:
+    """Names of the regular files in a job's output folder, sorted."""
+    out = job_dir(data_dir, job_id) / "output"
+    if not out.is_dir():
+        return []
+    return sorted(p.name for p in out.iterdir() if p.is_file() and not p.is_symlink())
+
+
+def remove_job_dir(data_dir: Path, job_id: str) -> None:
+    shutil.rmtree(job_dir(data_dir, job_id), ignore_errors=True)

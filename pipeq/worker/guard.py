@@ -1,0 +1,83 @@
+"""Process-group guard for one pipeline run (stdlib only; started with ``python -S``).
+
+The worker starts this script as the leader of a new session; it runs the pipeline as its
+child in the same process group. Its one job is the case the worker cannot handle itself:
+when the worker dies (SIGKILL, OOM), the kernel sends the guard SIGTERM (PR_SET_PDEATHSIG),
+and the guard kills the whole group — TERM, then KILL after the grace period — so no
+pipeline process outlives its worker. On a normal end it reaps the group's stragglers too
+and exits with the pipeline's exit code.
+
+Usage: guard.py GRACE_SECONDS -- COMMAND [ARGS...]
+"""
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+
+PR_SET_PDEATHSIG = 1
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid``, this one excluded."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields[0] is the state, fields[2] the pgid
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def kill_group(grace: float) -> None:
+    """TERM every process of our group, wait up to ``grace`` for them, then KILL the rest."""
+    pgid = os.getpgrp()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for pid in group_members(pgid):
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and group_members(pgid):
+        time.sleep(0.05)
+    for pid in group_members(pgid):
+        _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def main(argv: list[str]) -> int:
+    grace = float(argv[0])
+    cmd = argv[argv.index("--") + 1 :]
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the worker died before prctl took effect
+        kill_group(grace)
+        return 137
+
+    def on_term(signum, frame):
+        kill_group(grace)
+        os._exit(143)
+
+    signal.signal(signal.SIGTERM, on_term)
+    rc = subprocess.Popen(cmd).wait()
+    # what the pipeline left running in the background ends with it
+    if group_members(os.getpgrp()):
+        kill_group(min(grace, 1.0))
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,135 @@
+"""The worker process: an RQ ``SimpleWorker`` with a short, renewed lease on its job.
+
+Why a SimpleWorker: the pipeline is already a separate process group (see ``task.py``), so
+a forked work horse would only add latency. What pipeq adds to RQ:
+
+- a lease: while a job runs, a thread renews the job's entry in the started registry every
+  ``lease_seconds / 3`` with a TTL of ``lease_seconds``. If the worker dies, the entry expires
+  within ``lease_seconds`` and the next clean-up (workers every ``maintenance_interval``, the
+  operator and ``pipeq dev`` on every poll) requeues the job. If the thread finds the entry
+  gone, another worker has taken the job over: this worker kills its pipeline and exits at
+  once without publishing anything (fencing).
+- a busy mark (``pipeq_job`` in the worker's hash) that scaling reads to spare busy workers.
+- stop requests (``DELETE /jobs/{id}``) end the pipeline's process group.
+- SIGTERM is a warm shutdown: the current job finishes, then the worker exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+
+import redis
+from rq import Queue, SimpleWorker
+from rq.job import Job
+
+from pipeq.queue import BUSY_FIELD, connect
+from pipeq.settings import Settings, get_settings
+from pipeq.worker import task
+
+log = logging.getLogger("pipeq.worker")
+
+# Renew the lease only if it is still ours; answer 0 when it was taken away.
+_RENEW = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+class PipeqWorker(SimpleWorker):
+    lease_seconds = 15
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return self.lease_seconds
+
+    def execute_job(self, job: Job, queue: Queue):
+        execution = self.prepare_execution(job)
+        member = execution.composite_key
+        registry_key = job.started_job_registry.key
+        renew = self.connection.register_script(_RENEW)
+        lost = threading.Event()
+        done = threading.Event()
+
+        def held() -> bool:
+            try:
+                return self.connection.zscore(registry_key, member) is not None
+            except redis.RedisError:
+                return False
+
+        def keep_lease():
+            while not done.wait(self.lease_seconds / 3):
+                try:
+                    with self.connection.pipeline() as p:
+                        renew(keys=[registry_key, execution.key], args=[member, time.time() + self.lease_seconds, self.lease_seconds * 2], client=p)
+                        p.expire(self.key, self.lease_seconds * 4)
+                        ok = p.execute()[0]
+                except redis.RedisError as e:
+                    log.warning("lease of job %s not renewed: %s", job.id, e)
+                    continue
+                if not ok and not done.is_set():
+                    log.error("lease of job %s was taken over; killing its pipeline and exiting", job.id)
+                    lost.set()
+                    task.control.stop.set()
+                    os._exit(75)
+
+        task.control.lease_held = held
+        self.connection.hset(self.key, BUSY_FIELD, job.id)
+        keeper = threading.Thread(target=keep_lease, name="lease", daemon=True)
+        keeper.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            done.set()
+            keeper.join(timeout=1)
+            task.control.lease_held = lambda: True
+            try:
+                self.connection.hdel(self.key, BUSY_FIELD)
+            except redis.RedisError:
+                pass
+        self.set_state("idle")
+
+    def kill_horse(self, sig=signal.SIGTERM):
+        """RQ calls this for a stop request of the current job: end its pipeline."""
+        task.control.stop.set()
+
+
+def worker_name(settings: Settings) -> str:
+    """The RQ worker name: PIPEQ_WORKER_NAME, else the pod name (HOSTNAME), else host-pid."""
+    return settings.worker_name or os.environ.get("HOSTNAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def run_worker(settings: Settings | None = None, *, burst: bool = False) -> bool:
+    """Run a worker on ``settings.queue`` until SIGTERM (or, with ``burst``, until the queue is empty)."""
+    settings = settings or get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    conn = connect(settings.redis_url, timeout=max(10.0, settings.lease_seconds))
+    name = worker_name(settings)
+    _forget_stale_registration(conn, name)
+    PipeqWorker.lease_seconds = settings.lease_seconds
+    worker = PipeqWorker(
+        [settings.queue],
+        connection=conn,
+        name=name,
+        maintenance_interval=settings.maintenance_interval,
+    )
+    return worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
+
+
+def _forget_stale_registration(conn: redis.Redis, name: str) -> None:
+    """A pod restarted under the same name finds its old registration: drop it.
+
+    RQ refuses to start a worker whose name is registered and alive. Pod names are unique
+    while the pod lives, so a registration under our name is ours from before a restart.
+    """
+    key = f"rq:worker:{name}"
+    if conn.exists(key):
+        conn.delete(key)
+        conn.srem("rq:workers", key)

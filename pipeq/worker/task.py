@@ -1,0 +1,206 @@
+"""The RQ task: run pipeline.sh for one job, report its progress, publish its results.
+
+The pipeline runs under a guard process (``guard.py``) that leads a new process group, so
+that a stop, a timeout or the death of the worker ends every process of the run. Output goes
+to the job's ``pipeline.log``; ``PROGRESS`` lines (see ``pipeq.progress``) become the job's
+``stage`` and ``progress``. Each attempt works in ``work/attempt-<n>/``, which becomes
+``output/`` only if the attempt succeeded and this worker still holds the job's lease.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rq import get_current_job
+
+from pipeq import progress, storage
+from pipeq.metrics_store import record_duration
+from pipeq.settings import get_settings
+
+GUARD = Path(__file__).with_name("guard.py")
+STDERR_TAIL_LINES = 20
+
+
+class PipelineFailed(Exception):
+    """The pipeline ended without success; ``error`` is what the job's status shows."""
+
+    def __init__(self, error: dict):
+        super().__init__(f"{error['reason']}: {error['message']}")
+        self.error = error
+
+
+@dataclass
+class RunControl:
+    """Shared between the worker's threads and the task: how to stop the current run."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    lease_held: callable = lambda: True  # noqa: E731 — replaced by the worker
+
+
+#: Set by the worker for the job it is executing (one at a time: a SimpleWorker).
+control = RunControl()
+
+
+def run_pipeline(reads: list[str], reference: str, sample: str | None = None) -> dict:
+    """Run the pipeline on the job's inputs; return ``{"files": [...], "summary": {...}}``.
+
+    Raises PipelineFailed (and forfeits the job's retries: a pipeline that fails by itself
+    fails again) on a non-zero exit, a timeout, a stop or a storage error.
+    """
+    settings = get_settings()
+    job = get_current_job()
+    jdir = storage.job_dir(settings.data_dir, job.id)
+    attempt = int(job.meta.get("attempt") or 0) + 1
+    job.meta.update(attempt=attempt, stage="starting", progress=0, error=None)
+    job.save_meta()
+
+    def fail(reason: str, message: str, exit_code: int | None = None, tail: list[str] | None = None):
+        error = {"reason": reason, "message": message, "exit_code": exit_code, "stderr_tail": "\n".join(tail or [])}
+        job.meta["error"] = error
+        job.save_meta()
+        job.retries_left = 0
+        raise PipelineFailed(error)
+
+    try:
+        work = jdir / "work" / f"attempt-{attempt}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        log = open(jdir / "pipeline.log", "ab", buffering=0)
+    except OSError as e:
+        fail("storage error", f"cannot write the job folder: {e.strerror or e}")
+
+    inputs = jdir / "inputs"
+    cmd = [str(settings.pipeline), "--reference", str(inputs / reference)]
+    for r in reads:
+        cmd += ["--reads", str(inputs / r)]
+    cmd += ["--outdir", str(work), "--threads", str(settings.threads)]
+    if sample:
+        cmd += ["--sample", sample]
+
+    started = time.monotonic()
+    with log:
+        log.write(f"== attempt {attempt} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
+        rc, why, tail = _run(cmd, work, log, job, settings.pipeline_timeout, settings.kill_grace)
+    record_duration(job.connection, time.monotonic() - started, "finished" if rc == 0 and not why else "failed")
+
+    if why == "stopped":
+        fail("stopped", "stopped on request", rc, tail)
+    if why == "timeout":
+        fail("timeout", f"the pipeline ran longer than {settings.pipeline_timeout} s and was killed", rc, tail)
+    if rc != 0:
+        last = tail[-1] if tail else ""
+        fail("pipeline failed", f"pipeline.sh exited with code {rc}" + (f": {last}" if last else ""), rc, tail)
+
+    try:
+        summary = json.loads((work / "report.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    if not control.lease_held():
+        # Another worker owns this job now (we were presumed dead): publish nothing.
+        raise PipelineFailed({"reason": "lease lost", "message": "another attempt owns this job", "exit_code": None, "stderr_tail": ""})
+    try:
+        out = jdir / "output"
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(work, out)
+        shutil.rmtree(jdir / "work", ignore_errors=True)
+    except OSError as e:
+        fail("storage error", f"cannot publish the results: {e.strerror or e}")
+    job.meta.update(stage="done", progress=100)
+    job.save_meta()
+    return {"files": storage.list_outputs(settings.data_dir, job.id), "summary": summary}
+
+
+def _run(cmd, cwd, log, job, timeout: float, grace: float) -> tuple[int, str | None, list[str]]:
+    """Run ``cmd`` under the guard; return (exit code, "timeout"/"stopped"/None, stderr tail)."""
+    control.stop.clear()
+    proc = subprocess.Popen(
+        [sys.executable, "-S", str(GUARD), str(grace), "--", *cmd],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+    latest: list[progress.Progress | None] = [None]
+    lock = threading.Lock()
+
+    def pump(stream, is_stderr: bool):
+        for raw in iter(stream.readline, b""):
+            with lock:
+                log.write(raw)
+            line = raw.decode(errors="replace").rstrip("\n")
+            if is_stderr:
+                tail.append(line)
+            elif (p := progress.parse(line)) is not None:
+                latest[0] = p
+
+    readers = [threading.Thread(target=pump, args=(proc.stdout, False), daemon=True),
+               threading.Thread(target=pump, args=(proc.stderr, True), daemon=True)]
+    for t in readers:
+        t.start()
+
+    deadline = time.monotonic() + timeout
+    shown = None
+    why = None
+    try:
+        while True:
+            try:
+                rc = proc.wait(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if latest[0] is not None and latest[0] != shown:
+                shown = latest[0]
+                _show(job, shown)
+            if control.stop.is_set():
+                why = "stopped"
+            elif time.monotonic() > deadline:
+                why = "timeout"
+            if why:
+                rc = _kill(proc, grace)
+                break
+    except BaseException:
+        # the worker is being torn down (a second SIGTERM): take the pipeline with it
+        _kill(proc, grace)
+        raise
+    for t in readers:
+        t.join(timeout=5)
+    if latest[0] is not None and latest[0] != shown:
+        _show(job, latest[0])
+    return rc, why, list(tail)
+
+
+def _show(job, p: progress.Progress) -> None:
+    job.meta.update(stage=p.stage, progress=p.percent)
+    try:
+        job.save_meta()
+    except Exception:  # progress is best effort; Redis may be restarting
+        pass
+
+
+def _kill(proc: subprocess.Popen, grace: float) -> int:
+    """End the guard's whole process group: TERM, then KILL after ``grace``."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace + 2)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return proc.wait()

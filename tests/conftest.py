@@ -1,0 +1,113 @@
+"""Fixtures shared by every test: a real redis-server, settings, test data, workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeq.redis_server import RedisServer
+from pipeq.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server on a free port (AOF on, as in the chart); ``.restart()`` restarts it."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def conn(redis_server):
+    """A client of the session's Redis, emptied before each test."""
+    from pipeq.queue import connect
+
+    c = connect(redis_server.url)
+    c.flushall()
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def settings(redis_server, conn, tmp_path) -> Settings:
+    """Settings for one test: its own data folder and queue on the session's Redis."""
+    return Settings(
+        redis_url=redis_server.url,
+        data_dir=tmp_path / "data",
+        queue="pipeline_tasks",
+        kill_grace=2.0,
+        lease_seconds=3,
+        maintenance_interval=1,
+    )
+
+
+def settings_env(settings: Settings, **extra) -> dict[str, str]:
+    """The environment that gives a child process these settings."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"PIPEQ_{name.upper()}"] = str(value)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    """Simulated paired-end reads with planted SNPs, and their reference."""
+    from tests.support.simdata import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("sim"), seed=7, n_snps=8)
+
+
+class Workers:
+    """Real ``pipeq worker`` processes, started on demand and stopped at the end of the test."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str | None = None, **env) -> subprocess.Popen:
+        name = name or f"w{len(self.procs) + 1}-{os.getpid()}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeq", "worker"],
+            env=settings_env(self.settings, PIPEQ_WORKER_NAME=name, **env),
+            cwd=ROOT,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE if os.environ.get("PIPEQ_TEST_QUIET_WORKERS") else None,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.fixture
+def workers(settings):
+    w = Workers(settings)
+    yield w
+    w.stop()
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
