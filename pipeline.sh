@@ -160,6 +160,23 @@ done
 if [ "$PAIRED" = 1 ] && [ "${READS[0]}" -ef "${READS[1]}" ]; then
   die "$EX_INPUT" "the two --reads are the same file: ${READS[0]}"
 fi
+# One full read of each reads file: a truncated upload (cut gzip stream, partial last record)
+# or paired files of different lengths would otherwise pass fastp silently with partial data.
+count_lines() { # awk, not wc -l: a last line without a newline counts too
+  if is_gzip "$1"; then gzip -cd -- "$1" 2>/dev/null | awk 'END { print NR }'; else awk 'END { print NR }' "$1"; fi
+}
+declare -a RECORDS=()
+for i in "${!READS[@]}"; do
+  f=${READS[$i]}
+  if ! lines=$(count_lines "$f"); then
+    die "$EX_INPUT" "reads file is a truncated or corrupt gzip file: $f"
+  fi
+  [ $((lines % 4)) -eq 0 ] || die "$EX_INPUT" "reads file has $lines lines, not a multiple of 4 (truncated, or not 4-line FASTQ): $f"
+  RECORDS[$i]=$((lines / 4))
+done
+if [ "$PAIRED" = 1 ] && [ "${RECORDS[0]}" != "${RECORDS[1]}" ]; then
+  die "$EX_INPUT" "paired reads files differ in length: ${RECORDS[0]} records in ${READS[0]}, ${RECORDS[1]} in ${READS[1]}"
+fi
 
 # absolute input paths, then work inside the outdir only
 abspath() { (cd -- "$(dirname -- "$1")" && printf '%s/%s\n' "$(pwd -P)" "$(basename -- "$1")"); }
@@ -170,6 +187,7 @@ mkdir -p -- "$OUTDIR" 2>/dev/null || die "$EX_INPUT" "cannot create --outdir: $O
 OUTDIR=$(cd -- "$OUTDIR" && pwd -P)
 WORK=$OUTDIR/work
 rm -rf -- "$WORK"
+rm -f -- "$OUTDIR/report.json" "$OUTDIR/report.html" # never leave a stale report after a failed re-run
 mkdir -p -- "$WORK/tmp"
 export TMPDIR=$WORK/tmp
 cd -- "$OUTDIR"
@@ -177,7 +195,7 @@ T_START=$(now_ms)
 log "sample=$SAMPLE paired=$PAIRED threads=$THREADS outdir=$OUTDIR"
 
 # ---- reference ---------------------------------------------------------------------------
-progress 5 reference "prepare and index (samtools faidx)"
+progress 2 reference "prepare and index (samtools faidx)"
 REF=$WORK/ref.fa
 if is_gzip "$REFERENCE"; then
   gzip -cd -- "$REFERENCE" >"$REF" || die "$EX_INPUT" "reference is not a readable gzip file: $REFERENCE"
@@ -188,7 +206,7 @@ samtools faidx "$REF" >&2 || die "$EX_INPUT" "reference is not a valid FASTA (sa
 [ -s "$REF.fai" ] || die "$EX_INPUT" "reference has no sequences: $REFERENCE"
 
 # ---- QC / trimming -----------------------------------------------------------------------
-progress 10 qc "fastp $([ "$PAIRED" = 1 ] && echo paired-end || echo single-end)"
+progress 5 qc "fastp $([ "$PAIRED" = 1 ] && echo paired-end || echo single-end)"
 FASTP_THREADS=$THREADS; [ "$FASTP_THREADS" -le 16 ] || FASTP_THREADS=16
 if [ "$PAIRED" = 1 ]; then
   TRIMMED=("$WORK/trimmed_R1.fq.gz" "$WORK/trimmed_R2.fq.gz")
@@ -202,19 +220,19 @@ else
 fi
 
 # ---- alignment ---------------------------------------------------------------------------
-progress 25 align "minimap2 -ax sr | samtools sort"
+progress 20 align "minimap2 -ax sr | samtools sort"
 minimap2 -ax sr -t "$THREADS" -R "@RG\tID:$SAMPLE\tSM:$SAMPLE\tPL:ILLUMINA" "$REF" "${TRIMMED[@]}" 2> >(grep -v '^\[M::' >&2 || true) \
   | samtools sort -@ "$THREADS" -m 256M -T "$WORK/tmp/sort" -o "$SAMPLE.bam" - >&2
 
 # ---- index and stats ---------------------------------------------------------------------
-progress 60 stats "samtools index, flagstat, stats, coverage"
+progress 50 stats "samtools index, flagstat, stats, coverage"
 samtools index -@ "$THREADS" "$SAMPLE.bam" >&2
 samtools flagstat -@ "$THREADS" "$SAMPLE.bam" >"$SAMPLE.flagstat.txt"
 samtools stats -@ "$THREADS" "$SAMPLE.bam" >"$SAMPLE.stats.txt"
 samtools coverage "$SAMPLE.bam" >"$SAMPLE.coverage.tsv"
 
 # ---- variant calling ---------------------------------------------------------------------
-progress 70 call "bcftools mpileup | bcftools call -mv"
+progress 60 call "bcftools mpileup | bcftools call -mv"
 bcftools mpileup --threads "$THREADS" -f "$REF" -a FORMAT/AD,FORMAT/DP -Ou "$SAMPLE.bam" 2> >(grep -v '^\[mpileup\] 1 samples' >&2 || true) \
   | bcftools call --threads "$THREADS" -mv -Oz -o "$SAMPLE.vcf.gz" >&2
 if ! bcftools index -t -f "$SAMPLE.vcf.gz" >&2 2>/dev/null; then

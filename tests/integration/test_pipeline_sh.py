@@ -11,8 +11,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -246,6 +248,28 @@ def test_reads_empty_or_corrupt_gzip(paired, tmp_path):
     assert_fails(proc, 4, str(corrupt))
 
 
+def test_reads_truncated(paired, tmp_path):
+    """An upload cut short: fastp alone would silently use the part it could read."""
+    data = paired.reads[0].read_bytes()
+    cut = tmp_path / "cut_R1.fq.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    proc = run("--reference", paired.reference, "--reads", cut, "--outdir", tmp_path / "o")
+    assert_fails(proc, 4, "truncated or corrupt gzip", str(cut))
+    partial = tmp_path / "partial.fq"
+    lines = gzip.decompress(data).decode().splitlines(keepends=True)
+    partial.write_text("".join(lines[:4001]))  # 1000 records and the header of the next
+    proc = run("--reference", paired.reference, "--reads", partial, "--outdir", tmp_path / "o")
+    assert_fails(proc, 4, "not a multiple of 4")
+
+
+def test_paired_files_differ_in_length(paired, tmp_path):
+    lines = gzip.decompress(paired.reads[1].read_bytes()).decode().splitlines(keepends=True)
+    short = tmp_path / "short_R2.fq"
+    short.write_text("".join(lines[:400]))
+    proc = run("--reference", paired.reference, "--reads", paired.reads[0], "--reads", short, "--outdir", tmp_path / "o")
+    assert_fails(proc, 4, f"paired reads files differ in length: {paired.n_reads} records")
+
+
 def test_reference_not_fasta(paired, tmp_path):
     bad = write_not_fasta(tmp_path / "ref.fa.gz")
     proc = run("--reference", bad, "--reads", paired.reads[0], "--outdir", tmp_path / "o")
@@ -309,3 +333,38 @@ def test_simdata_is_deterministic(tmp_path):
     assert len({s.pos for s in a.snps}) == 5
     ref = "".join(a.reference.read_text().splitlines()[1:])
     assert all(ref[s.pos - 1] == s.ref != s.alt for s in a.snps)
+
+
+def test_sigterm_to_the_group_stops_everything(paired, tmp_path):
+    """The worker's timeout/stop: TERM to the process group ends the run, exit 143, no survivors."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    tool = fake / "minimap2"
+    tool.write_text("#!/bin/sh\nexec sleep 60\n")
+    tool.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
+    args = ["--reference", paired.reference, "--reads", paired.reads[0], "--outdir", tmp_path / "out"]
+    proc = subprocess.Popen(
+        [str(PIPELINE), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True, env=env, start_new_session=True,
+    )
+    try:
+        for line in proc.stdout:
+            if line.startswith("PROGRESS") and line.split()[2] == "align":
+                break
+        time.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=10) == 143
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("processes of the pipeline's group survived SIGTERM")
