@@ -106,11 +106,11 @@ def _head_lines(path: Path, want: int = RECORDS_CHECKED * 4) -> tuple[list[bytes
         raise InvalidInput("the file holds binary data, not text")
     lines = data.split(b"\n")
     if more:
+        if len(lines[-1]) > MAX_LINE:
+            raise InvalidInput(f"line {len(lines)} is longer than {MAX_LINE} characters")
         lines.pop()  # possibly cut by our read limit
     elif lines and lines[-1] == b"":
         lines.pop()
-    if more and not lines:
-        raise InvalidInput(f"the first line is longer than {MAX_LINE} characters")
     for i, line in enumerate(lines[:want]):
         if len(line) > MAX_LINE:
             raise InvalidInput(f"line {i + 1} is longer than {MAX_LINE} characters")

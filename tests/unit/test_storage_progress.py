@@ -1,0 +1,69 @@
+"""Safe names, safe downloads, and the progress line format."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pipeq import progress, storage
+
+JOB = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("reads_R1.fq.gz", "reads_R1.fq.gz"),
+        ("../../etc/passwd", "passwd"),
+        ("..\\..\\win.fq", "win.fq"),
+        ("..", "fallback"),
+        (".hidden.fq", "hidden.fq"),
+        ("naïve read ☃.fq", "naive_read_.fq"),
+        ("a\0b.fq", "a_b.fq"),
+        ("", "fallback"),
+        ("x" * 300 + ".fq", ("x" * 300 + ".fq")[-100:]),
+    ],
+)
+def test_sanitize_filename(name, expected):
+    assert storage.sanitize_filename(name, "fallback") == expected
+
+
+def test_job_dir_refuses_non_ids(tmp_path):
+    assert storage.job_dir(tmp_path, JOB) == tmp_path / "jobs" / JOB
+    for bad in ("../x", JOB + "/..", "x" * 32, JOB.upper()):
+        with pytest.raises(ValueError):
+            storage.job_dir(tmp_path, bad)
+
+
+def test_output_file_reaches_only_regular_files_in_output(tmp_path):
+    out = tmp_path / "jobs" / JOB / "output"
+    out.mkdir(parents=True)
+    (out / "a.vcf.gz").write_bytes(b"x")
+    (out / "sub").mkdir()
+    (tmp_path / "secret").write_text("s")
+    (tmp_path / "jobs" / JOB / "pipeline.log").write_text("log")
+    os.symlink(tmp_path / "secret", out / "link")
+    os.symlink(out / "a.vcf.gz", out / "inner-link")
+    assert storage.output_file(tmp_path, JOB, "a.vcf.gz") == (out / "a.vcf.gz").resolve()
+    for bad in ("../pipeline.log", "..", ".", "sub", "link", "inner-link", "/etc/passwd", "a.vcf.gz\0", "", "missing"):
+        assert storage.output_file(tmp_path, JOB, bad) is None, bad
+    assert storage.list_outputs(tmp_path, JOB) == ["a.vcf.gz"]
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("PROGRESS 40 align minimap2 -ax sr", (40, "align", "minimap2 -ax sr")),
+        ("PROGRESS 0 start", (0, "start", "")),
+        ("PROGRESS 100 done\n", (100, "done", "")),
+        ("  PROGRESS 5 qc  ", (5, "qc", "")),
+    ],
+)
+def test_progress_lines(line, expected):
+    assert tuple(progress.parse(line)) == expected
+
+
+@pytest.mark.parametrize("line", ["PROGRESS 101 x", "PROGRESS -1 x", "PROGRESS x align", "progress 10 qc", "PROGRESS 10", "echo PROGRESS 10 qc"])
+def test_other_lines_are_not_progress(line):
+    assert progress.parse(line) is None

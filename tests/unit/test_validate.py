@@ -1,0 +1,92 @@
+"""Content checks of reads and references: what is accepted, and the reason for what is not."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+
+import pytest
+
+from pipeq.validate import InvalidInput, check_fasta, check_fastq
+
+FASTQ = b"".join(b"@read%d/1\nACGTNACGTA\n+\nIIIII#####\n" % i for i in range(500))
+FASTA = b">chr1 test\n" + b"ACGT" * 50 + b"\nACG\n>chr2\nNNNNACGT\n"
+
+
+def write(tmp_path, name, data):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+@pytest.mark.parametrize("data", [FASTQ, gzip.compress(FASTQ), gzip.compress(FASTQ[:400]) + gzip.compress(FASTQ[400:])])
+def test_fastq_accepted_plain_gzip_and_multimember(tmp_path, data):
+    assert check_fastq(write(tmp_path, "r.fq", data)) > 0
+
+
+def test_crlf_fastq_accepted(tmp_path):
+    assert check_fastq(write(tmp_path, "r.fq", FASTQ.replace(b"\n", b"\r\n"))) > 0
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty"),
+        (gzip.compress(b""), "empty"),
+        (os.urandom(64) + b"\0" + os.urandom(64), "binary"),
+        (FASTA, "looks like FASTA"),
+        (b"hello world\n", "first line must start with '@'"),
+        (b"@r1\nACGT\n+\nIII\n", "3 characters for 4 bases"),
+        (b"@r1\nAC GT\n+\nIIIII\n", "not bases"),
+        (b"@r1\nACGT\n-\nIIII\n", "must start with '+'"),
+        (b"@r1\nACGT\n+\nII\x7fI\n", "Phred+33"),
+        (b"@r1\nACGT\n+\n", "incomplete"),
+        (b"@" + b"x" * 70_000 + b"\nACGT\n+\nIIII\n", "longer than"),
+        (gzip.compress(FASTQ)[:-12], "truncated"),
+        (gzip.compress(FASTQ)[:30] + b"garbage" * 20, "damaged"),
+    ],
+)
+def test_bad_fastq_refused_with_reason(tmp_path, data, reason):
+    with pytest.raises(InvalidInput, match=re.escape(reason)):
+        check_fastq(write(tmp_path, "r.fq", data))
+
+
+def test_fastq_checks_only_the_head_but_the_whole_gzip(tmp_path):
+    big = FASTQ * 40 + b"@bad\nACGT\n+\nI\n"  # the bad record is past what is parsed
+    assert check_fastq(write(tmp_path, "r.fq", big)) > 0
+    with pytest.raises(InvalidInput, match="truncated"):
+        check_fastq(write(tmp_path, "r.fq.gz", gzip.compress(big)[:-100]))
+
+
+@pytest.mark.parametrize("data", [FASTA, gzip.compress(FASTA), b">c\nacgtnRYKM\n"])
+def test_fasta_accepted(tmp_path, data):
+    assert check_fasta(write(tmp_path, "ref.fa", data)) >= 1
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty"),
+        (FASTQ, "looks like FASTQ"),
+        (b"ACGT\n", "must start with '>'"),
+        (b">\nACGT\n", "must name the sequence"),
+        (b">c1\n>c2\nACGT\n", "no bases"),
+        (b">c1\nACGT\n>c2\n", "no bases"),
+        (b">c1\nAC1GT\n", "not bases"),
+        (gzip.compress(FASTA)[:-5], "truncated"),
+    ],
+)
+def test_bad_fasta_refused_with_reason(tmp_path, data, reason):
+    with pytest.raises(InvalidInput, match=re.escape(reason)):
+        check_fasta(write(tmp_path, "ref.fa", data))
+
+
+def test_decompression_bomb_costs_no_memory(tmp_path):
+    import resource
+
+    bomb = gzip.compress(b"@r\n" + b"A" * (200 * 1024 * 1024), compresslevel=9)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InvalidInput, match="longer than"):
+        check_fastq(write(tmp_path, "bomb.fq.gz", bomb))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB
