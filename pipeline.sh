@@ -39,14 +39,14 @@ die() { # die CODE MESSAGE...
 }
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 
-STAGE=init
+STAGE=init STAGE_TEXT=""
 declare -a STAGE_NAMES=() STAGE_SECONDS=()
 STAGE_T0=0
 now_ms() { local t; t=${EPOCHREALTIME/[.,]/}; echo $((t / 1000)); }
 progress() { # progress PCT STAGE [TEXT...]
   local pct=$1 stage=$2; shift 2
   end_stage
-  STAGE=$stage
+  STAGE=$stage STAGE_TEXT=$*
   STAGE_T0=$(now_ms)
   if [ $# -gt 0 ]; then echo "PROGRESS $pct $stage $*"; else echo "PROGRESS $pct $stage"; fi
 }
@@ -59,11 +59,11 @@ end_stage() {
 }
 
 on_err() { # called by the ERR trap: a command failed under set -e
-  local rc=$1 cmd=$2
+  local rc=$1
   trap - ERR
-  die "$EX_STAGE" "stage '$STAGE' failed (exit $rc): ${cmd//$'\n'/ } (tool messages above)"
+  die "$EX_STAGE" "stage '$STAGE'${STAGE_TEXT:+ ($STAGE_TEXT)} failed with exit $rc; the tool's messages are above"
 }
-trap 'on_err $? "$BASH_COMMAND"' ERR
+trap 'on_err $?' ERR
 trap 'trap - ERR; log "interrupted"; exit 130' INT
 trap 'trap - ERR; log "terminated"; exit 143' TERM
 
@@ -302,6 +302,14 @@ paired = env["P_PAIRED"] == "1"
 vcf = f"{sample}.vcf.gz"
 vcf_index = vcf + (".tbi" if os.path.exists(vcf + ".tbi") else ".csi")
 
+warnings = []
+if after["total_reads"] == 0:
+    warnings.append("no reads passed QC")
+elif percent_mapped < 50:
+    warnings.append(f"only {percent_mapped} % of reads mapped: is it the right reference?")
+if genome and mean_depth < 5:
+    warnings.append(f"mean depth {mean_depth}x is too low for reliable calls")
+
 report = {
     "sample": sample,
     "reads_before": before["total_reads"],
@@ -325,6 +333,7 @@ report = {
     "tools": versions,
     "durations_seconds": durations,
     "elapsed_seconds": round(int(env["P_ELAPSED_MS"]) / 1000.0, 3),
+    "warnings": warnings,
     "files": {"bam": f"{sample}.bam", "bai": f"{sample}.bam.bai", "vcf": vcf, "vcf_index": vcf_index,
               "fastp_json": "fastp.json", "fastp_html": "fastp.html",
               "report_json": "report.json", "report_html": "report.html"},
@@ -365,9 +374,10 @@ h1 {{ font-size: 1.5em; }} h2 {{ font-size: 1.15em; margin-top: 1.6em; border-bo
 table {{ border-collapse: collapse; margin: .5em 0; }}
 td, th {{ padding: .2em .8em; border-bottom: 1px solid #eee; text-align: left; }}
 th {{ background: #f4f4f4; }} td:not(:first-child) {{ font-variant-numeric: tabular-nums; }}
-.muted {{ color: #777; }}
+.muted {{ color: #777; }} .warn {{ background: #fff4d6; border-left: 4px solid #e0a800; padding: .4em .8em; }}
 </style></head><body>
 <h1>Variant calling report: {e(sample)}</h1>
+{"".join(f'<p class="warn">Warning: {e(w)}</p>' for w in warnings)}
 <h2>Summary</h2>
 {table(summary_rows)}
 <h2>Coverage by contig</h2>
