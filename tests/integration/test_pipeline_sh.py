@@ -317,7 +317,7 @@ def test_failing_stage(paired, tmp_path):
         "--reference", paired.reference, "--reads", paired.reads[0], "--reads", paired.reads[1],
         "--outdir", tmp_path / "out", env=env,
     )
-    assert_fails(proc, 5, "stage 'align' failed")
+    assert_fails(proc, 5, "stage 'align' (minimap2 -ax sr | samtools sort) failed with exit 1")
     assert "simulated crash" in proc.stderr
     assert progress_lines(proc.stdout)[-1][1] == "align"
     assert not (tmp_path / "out" / "report.json").exists()
