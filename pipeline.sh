@@ -133,7 +133,7 @@ check_fastq() { # check_fastq PATH: the first records parse, sequence and qualit
     h=${h%$'\r'} s=${s%$'\r'} p=${p%$'\r'} q=${q%$'\r'}
     n=$((n + 1))
     [[ $h == @?* ]] || die "$EX_INPUT" "reads file is not FASTQ (record $n does not start with '@'): $f"
-    [[ $s =~ ^[A-Za-z.*-]+$ ]] || die "$EX_INPUT" "reads file is not FASTQ (record $n has no valid sequence line): $f"
+    [[ $s =~ ^[A-Za-z.*-]*$ ]] || die "$EX_INPUT" "reads file is not FASTQ (record $n has no valid sequence line): $f"
     [[ $p == +* ]] || die "$EX_INPUT" "reads file is not FASTQ (record $n has no '+' line): $f"
     [ ${#s} -eq ${#q} ] || die "$EX_INPUT" "reads file is not valid FASTQ (record $n: sequence length ${#s} != quality length ${#q}): $f"
   done < <(head_lines 40 "$f")
@@ -221,7 +221,8 @@ fi
 
 # ---- alignment ---------------------------------------------------------------------------
 progress 20 align "minimap2 -ax sr | samtools sort"
-minimap2 -ax sr -t "$THREADS" -R "@RG\tID:$SAMPLE\tSM:$SAMPLE\tPL:ILLUMINA" "$REF" "${TRIMMED[@]}" 2> >(grep -v '^\[M::' >&2 || true) \
+# -v 2: warnings and errors only, not the per-batch [M::...] lines
+minimap2 -ax sr -v 2 -t "$THREADS" -R "@RG\tID:$SAMPLE\tSM:$SAMPLE\tPL:ILLUMINA" "$REF" "${TRIMMED[@]}" \
   | samtools sort -@ "$THREADS" -m 256M -T "$WORK/tmp/sort" -o "$SAMPLE.bam" - >&2
 
 # ---- index and stats ---------------------------------------------------------------------
@@ -233,7 +234,7 @@ samtools coverage "$SAMPLE.bam" >"$SAMPLE.coverage.tsv"
 
 # ---- variant calling ---------------------------------------------------------------------
 progress 60 call "bcftools mpileup | bcftools call -mv"
-bcftools mpileup --threads "$THREADS" -f "$REF" -a FORMAT/AD,FORMAT/DP -Ou "$SAMPLE.bam" 2> >(grep -v '^\[mpileup\] 1 samples' >&2 || true) \
+bcftools mpileup --threads "$THREADS" -f "$REF" -a FORMAT/AD,FORMAT/DP -Ou "$SAMPLE.bam" \
   | bcftools call --threads "$THREADS" -mv -Oz -o "$SAMPLE.vcf.gz" >&2
 if ! bcftools index -t -f "$SAMPLE.vcf.gz" >&2 2>/dev/null; then
   bcftools index -c -f "$SAMPLE.vcf.gz" >&2 # contigs > 512 Mbp need CSI
