@@ -47,6 +47,12 @@ return 0
 class PipeqWorker(SimpleWorker):
     lease_seconds = 15
 
+    @property
+    def dequeue_timeout(self) -> int:
+        # RQ blocks in BLPOP for minutes by default and runs its maintenance only between
+        # waits; a short wait keeps the clean-up that requeues lost jobs on time.
+        return max(1, int(self.maintenance_interval))
+
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.lease_seconds
 

@@ -1,0 +1,131 @@
+"""The worker's promises, on real Redis with real worker processes: timeouts kill every
+process, a lost worker's job is retried, a failed pipeline is not, cancel and stop work,
+and a worker asked to stop finishes its job first."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pipeq.api.app import create_app
+from tests.conftest import wait_for
+from tests.support import pipelines
+
+FINAL = ("finished", "failed", "canceled", "stopped")
+
+
+@pytest.fixture
+def client(settings):
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def submit(client, dataset, sample="S1"):
+    files = [("reads", (p.name, p.read_bytes())) for p in dataset.reads]
+    files.append(("reference", (dataset.reference.name, dataset.reference.read_bytes())))
+    r = client.post("/run_pipeline", files=files, data={"sample": sample})
+    assert r.status_code == 202, r.text
+    return r.json()["job_id"]
+
+
+def status(client, job_id):
+    return client.get(f"/job_status/{job_id}").json()
+
+
+def until(client, job_id, states=FINAL, timeout=30):
+    return wait_for(lambda: (s := status(client, job_id))["status"] in states and s, timeout=timeout, what=f"{job_id} in {states}")
+
+
+@pytest.fixture
+def use_pipeline(settings, tmp_path):
+    def use(body: str):
+        settings.pipeline = pipelines.write(tmp_path, f"pipe-{uuid.uuid4().hex[:6]}.sh", body)
+        return settings.pipeline
+
+    return use
+
+
+def test_timeout_kills_children_and_grandchildren(client, dataset, workers, settings, use_pipeline):
+    use_pipeline(pipelines.FORKING)
+    settings.pipeline_timeout = 2
+    settings.kill_grace = 1
+    marker = f"pipeq-marker-{uuid.uuid4().hex[:8]}"
+    job_id = submit(client, dataset)
+    workers.start(PIPEQ_TEST_MARKER=marker)
+    wait_for(lambda: len(pipelines.processes_matching(marker)) >= 4, timeout=15, what="the pipeline's processes")
+    s = until(client, job_id)
+    assert s["status"] == "failed"
+    assert s["error"]["reason"] == "timeout"
+    assert "2 s" in s["error"]["message"]
+    assert pipelines.processes_matching(marker) == []
+    assert s["attempt"] == 1  # a timeout is not retried
+
+
+def test_failed_pipeline_reports_reason_and_is_not_retried(client, dataset, workers, use_pipeline):
+    use_pipeline(pipelines.FAILING)
+    job_id = submit(client, dataset)
+    workers.start()
+    s = until(client, job_id)
+    assert s["status"] == "failed"
+    assert s["error"]["reason"] == "pipeline failed" and s["error"]["exit_code"] == 5
+    assert "something went wrong in stage two" in s["error"]["stderr_tail"]
+    time.sleep(1.5)
+    assert status(client, job_id)["attempt"] == 1
+
+
+def test_job_of_a_killed_worker_is_retried_and_finishes(client, dataset, workers, settings, use_pipeline, tmp_path):
+    use_pipeline(pipelines.SLEEPY)
+    trace = tmp_path / "trace"
+    job_id = submit(client, dataset)
+    w1 = workers.start("doomed", PIPEQ_TEST_SLEEP=30, PIPEQ_TEST_TRACE=trace)
+    until(client, job_id, states=("started",), timeout=15)
+    wait_for(lambda: trace.exists(), what="the pipeline to start")
+    os.kill(w1.pid, signal.SIGKILL)  # the worker only, as the OOM killer would
+    killed_at = time.monotonic()
+    # the guard takes the pipeline down with its worker
+    pipeline_pid = int(trace.read_text().split()[1])
+    wait_for(lambda: not os.path.exists(f"/proc/{pipeline_pid}"), timeout=10, what="the orphaned pipeline to die")
+    workers.start("rescuer", PIPEQ_TEST_SLEEP=1, PIPEQ_TEST_TRACE=trace)
+    s = until(client, job_id, timeout=40)
+    recovery = time.monotonic() - killed_at
+    assert s["status"] == "finished", s
+    assert s["attempt"] == 2
+    assert recovery < 30, f"recovered after {recovery:.1f}s"
+    assert "result.txt" in s["result"]["files"]
+
+
+def test_cancel_queued_and_stop_running(client, dataset, workers, use_pipeline, tmp_path):
+    use_pipeline(pipelines.SLEEPY)
+    trace = tmp_path / "trace"
+    running = submit(client, dataset, "A")
+    queued = submit(client, dataset, "B")
+    workers.start(PIPEQ_TEST_SLEEP=60, PIPEQ_TEST_TRACE=trace)
+    until(client, running, states=("started",))
+    assert status(client, queued)["status"] == "queued"
+
+    r = client.delete(f"/jobs/{queued}")
+    assert r.status_code == 200 and r.json()["status"] == "canceled"
+    assert client.delete(f"/jobs/{queued}").status_code == 409
+
+    wait_for(lambda: trace.exists(), what="the pipeline to start")
+    pid = int(trace.read_text().split()[1])
+    assert client.delete(f"/jobs/{running}").status_code == 200
+    s = until(client, running, timeout=15)
+    assert s["status"] == "stopped" and s["error"]["reason"] == "stopped"
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=5, what="the pipeline to be killed")
+
+
+def test_warm_shutdown_finishes_the_job(client, dataset, workers, use_pipeline, tmp_path):
+    use_pipeline(pipelines.SLEEPY)
+    trace = tmp_path / "trace"
+    job_id = submit(client, dataset)
+    w = workers.start(PIPEQ_TEST_SLEEP=2, PIPEQ_TEST_TRACE=trace)
+    wait_for(lambda: trace.exists(), what="the pipeline to start")
+    w.send_signal(signal.SIGTERM)
+    assert until(client, job_id)["status"] == "finished"
+    assert w.wait(timeout=10) == 0

@@ -1,0 +1,70 @@
+"""Small stand-in pipelines for tests about the worker, not about the pipeline.
+
+Each follows pipeline.sh's interface (the same arguments, PROGRESS lines, outputs in
+--outdir), so the worker cannot tell them from the real one.
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+HEADER = """#!/usr/bin/env bash
+set -u
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --outdir) outdir=$2; shift 2 ;;
+    --sample) sample=$2; shift 2 ;;
+    *) shift ;;
+  esac
+done
+"""
+
+SLEEPY = HEADER + """
+echo "PROGRESS 10 work started"
+echo "start $$ $(date +%s.%N)" >> "${PIPEQ_TEST_TRACE:-/dev/null}"
+sleep "${PIPEQ_TEST_SLEEP:-2}"
+echo '{"sample": "x", "variants": 1}' > "$outdir/report.json"
+echo "result" > "$outdir/result.txt"
+echo "end $$ $(date +%s.%N)" >> "${PIPEQ_TEST_TRACE:-/dev/null}"
+echo "PROGRESS 100 done"
+"""
+
+FAILING = HEADER + """
+echo "PROGRESS 10 work"
+echo "something went wrong in stage two" >&2
+exit 5
+"""
+
+# A pipeline that forks children and grandchildren, some of which ignore SIGTERM.
+FORKING = HEADER + """
+echo "PROGRESS 10 forking"
+marker=${PIPEQ_TEST_MARKER:-pipeq-test-marker}
+( trap '' TERM; exec -a "$marker-child" sleep 300 ) &
+( ( trap '' TERM; exec -a "$marker-grandchild" sleep 300 ) & exec -a "$marker-child2" sleep 300 ) &
+sh -c "trap '' TERM; sleep 300; echo $marker-sh" &
+wait
+"""
+
+
+def write(directory: Path, name: str, body: str) -> Path:
+    path = Path(directory) / name
+    path.write_text(body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def processes_matching(text: str) -> list[int]:
+    """Pids of live processes whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
