@@ -1,0 +1,89 @@
+"""Bad submissions get a 4xx with a reason and leave nothing behind; Redis down gives 503."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pipeq.api.app import create_app
+from pipeq.settings import Settings
+
+FASTQ = b"".join(b"@r%d\nACGTACGTAC\n+\nIIIIIIIIII\n" % i for i in range(50))
+FASTA = b">chr1\n" + b"ACGT" * 100 + b"\n"
+
+
+@pytest.fixture
+def client(settings):
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def post(client, reads, reference=("ref.fa", FASTA), **data):
+    files = [("reads", r) for r in reads] + ([("reference", reference)] if reference else [])
+    return client.post("/run_pipeline", files=files, data=data)
+
+
+def nothing_left(settings, conn):
+    jobs_dir = settings.data_dir / "jobs"
+    leftovers = list(jobs_dir.iterdir()) if jobs_dir.exists() else []
+    assert leftovers == [], leftovers
+    assert conn.llen(f"rq:queue:{settings.queue}") == 0
+    assert conn.keys("rq:job:*") == []
+
+
+@pytest.mark.parametrize(
+    "reads, reference, field, reason",
+    [
+        ([("r.fq", b"\x00\x01binary" * 10)], ("ref.fa", FASTA), "reads", "binary"),
+        ([("r.fq.gz", gzip.compress(FASTQ)[:-8])], ("ref.fa", FASTA), "reads", "truncated"),
+        ([("r.fq", b"@r\nACGT\n+\nII\n")], ("ref.fa", FASTA), "reads", "2 characters for 4 bases"),
+        ([("r.fq", FASTA)], ("ref.fa", FASTA), "reads", "looks like FASTA"),
+        ([("r.fq", b"")], ("ref.fa", FASTA), "reads", "empty"),
+        ([("r1.fq", FASTQ), ("r2.fq", b"junk\n")], ("ref.fa", FASTA), "reads[1]", "must start with '@'"),
+        ([("r.fq", FASTQ)], ("ref.fa", FASTQ), "reference", "looks like FASTQ"),
+        ([("r.fq", FASTQ)] * 3, ("ref.fa", FASTA), "reads", "not 3"),
+    ],
+)
+def test_bad_files_refused_with_reason(client, settings, conn, reads, reference, field, reason):
+    r = post(client, reads, reference)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"][0]
+    assert detail["loc"] == ["body", field]
+    assert reason in detail["msg"]
+    nothing_left(settings, conn)
+
+
+def test_missing_fields_and_bad_sample(client, settings, conn):
+    assert post(client, [("r.fq", FASTQ)], reference=None).status_code == 422
+    r = post(client, [("r.fq", FASTQ)], sample="../etc")
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "sample"]
+    nothing_left(settings, conn)
+
+
+def test_too_large_is_413(client, settings, conn):
+    settings.max_upload_bytes = 1000
+    r = post(client, [("r.fq", FASTQ)])
+    assert r.status_code == 413 and "more than the 1000 accepted" in r.json()["detail"]
+    nothing_left(settings, conn)
+
+
+def test_stored_names_are_sanitized(client, settings, conn):
+    r = post(client, [("../../evil name.fq", FASTQ), ("../../evil name.fq", FASTQ)], reference=("/etc/passwd", FASTA))
+    assert r.status_code == 202, r.text
+    inputs = settings.data_dir / "jobs" / r.json()["job_id"] / "inputs"
+    assert sorted(p.name for p in inputs.iterdir()) == ["_evil_name.fq", "evil_name.fq", "passwd"]
+
+
+def test_redis_unreachable_is_503_and_leaves_nothing(tmp_path):
+    from pipeq.redis_server import free_port
+
+    s = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", data_dir=tmp_path / "data")
+    with TestClient(create_app(s)) as client:
+        r = post(client, [("r.fq", FASTQ)])
+        assert r.status_code == 503 and "Redis is unreachable" in r.json()["detail"]
+        assert list((s.data_dir / "jobs").iterdir()) == []
+        assert client.get("/readyz").status_code == 503
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/job_status/" + "a" * 32).status_code == 503
