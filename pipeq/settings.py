@@ -66,3 +66,19 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings (read once from the environment)."""
     return Settings()
+
+
+def markdown_table() -> str:
+    """The README's settings table, made from the model (a test keeps the README in step)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, f in Settings.model_fields.items():
+        default = f.default if f.default_factory is None else "pipeline.sh beside the package"
+        if isinstance(default, Path):
+            default = str(default)
+        shown = "—" if default is None else f"`{default}`"
+        rows.append(f"| `PIPEQ_{name.upper()}` | {shown} | {f.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
