@@ -1,0 +1,44 @@
+"""What scaling reads from Redis: queued, running (live leases), expired leases, busy workers."""
+
+from __future__ import annotations
+
+import time
+
+from pipeq import queue
+
+
+def enqueue(conn, n, name="pipeline_tasks"):
+    return [
+        queue.enqueue_run(conn, name, f"{i:032x}", {"reads": [], "reference": "r"}, meta={}, retries=1, ttl=60)
+        for i in range(n)
+    ]
+
+
+def test_queue_stats_counts_in_one_round_trip(conn):
+    enqueue(conn, 3)
+    now = time.time()
+    conn.zadd("rq:wip:pipeline_tasks", {"a:1": now + 30, "b:2": now + 30, "c:3": now - 1})
+    conn.hset("rq:worker:w1", "pipeq_job", "a")
+    conn.hset("rq:worker:w2", "state", "idle")
+    conn.sadd("rq:workers:pipeline_tasks", "rq:worker:w1", "rq:worker:w2", "rq:worker:gone")
+    stats = queue.queue_stats(conn, "pipeline_tasks")
+    assert (stats.queued, stats.running, stats.expired) == (3, 2, 1)
+    assert stats.busy == {"w1": "a"}
+
+
+def test_reap_requeues_an_abandoned_job_with_retries_left(conn):
+    (job,) = enqueue(conn, 1)
+    q = queue.get_queue(conn, "pipeline_tasks")
+    q.pop_job_id()
+    job.set_status("started")
+    conn.zadd("rq:wip:pipeline_tasks", {f"{job.id}:exec1": time.time() - 1})
+    assert queue.reap_abandoned(conn, "pipeline_tasks") == 1
+    assert q.job_ids == [job.id]
+    assert queue.queue_stats(conn, "pipeline_tasks").expired == 0
+    assert queue.reap_abandoned(conn, "pipeline_tasks") == 0
+
+
+def test_jobs_index_drops_expired_entries(conn):
+    conn.zadd(queue.JOBS_INDEX, {"old": time.time() - 120})
+    enqueue(conn, 1)
+    assert conn.zrange(queue.JOBS_INDEX, 0, -1) == [f"{0:032x}".encode()]
