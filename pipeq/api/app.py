@@ -35,6 +35,24 @@ class _Forward:
         yield from self.registry.collect()
 
 
+class LimitUploadSize:
+    """Refuse a submission whose declared size is over the limit before reading its body."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST":
+            length = dict(scope["headers"]).get(b"content-length")
+            if length and length.isdigit() and int(length) > self.limit:
+                response = JSONResponse(
+                    status_code=413,
+                    content={"detail": f"the upload is {int(length)} bytes, more than the {self.limit} accepted"},
+                )
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(title="pipeq", version=__version__, description=DESCRIPTION)
@@ -50,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def redis_down(request: Request, exc: redis.RedisError):
         return JSONResponse(status_code=503, content={"detail": f"Redis is unreachable, try again shortly ({type(exc).__name__})"})
 
+    # multipart framing adds a little to the files' own size
+    app.add_middleware(LimitUploadSize, limit=settings.max_total_upload_bytes + 64 * 1024)
     app.include_router(runs.router)
     app.include_router(jobs.router)
     app.include_router(health.router)

@@ -87,3 +87,22 @@ def test_redis_unreachable_is_503_and_leaves_nothing(tmp_path):
         assert client.get("/readyz").status_code == 503
         assert client.get("/healthz").status_code == 200
         assert client.get("/job_status/" + "a" * 32).status_code == 503
+
+
+def test_declared_size_over_the_limit_is_refused_before_reading(client, settings, conn):
+    settings.max_total_upload_bytes = 10
+    with TestClient(create_app(settings)) as small:
+        r = small.post("/run_pipeline", content=b"x" * 100_000, headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413 and "more than the" in r.json()["detail"]
+    nothing_left(settings, conn)
+
+
+def test_bearer_token_guards_every_route_but_probes(settings, conn):
+    settings.api_token = "s3cret"
+    with TestClient(create_app(settings)) as c:
+        for method, path in (("get", "/jobs"), ("get", "/job_status/" + "a" * 32), ("get", "/metrics"), ("post", "/run_pipeline"), ("delete", "/jobs/" + "a" * 32)):
+            r = getattr(c, method)(path)
+            assert r.status_code == 401, (method, path, r.status_code)
+            assert getattr(c, method)(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/jobs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
