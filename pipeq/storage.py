@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 import unicodedata
 from pathlib import Path
 
@@ -69,3 +70,29 @@ def list_outputs(data_dir: Path, job_id: str) -> list[str]:
 
 def remove_job_dir(data_dir: Path, job_id: str) -> None:
     shutil.rmtree(job_dir(data_dir, job_id), ignore_errors=True)
+
+
+def prune(data_dir: Path, job_exists, older_than: float, incoming_older_than: float = 3600.0) -> list[str]:
+    """Remove the folders of jobs that expired from Redis, and stale half-made uploads.
+
+    A job folder goes when ``job_exists(job_id)`` is false and it was last changed more than
+    ``older_than`` seconds ago; an ``.incoming-*`` folder (an upload cut off by a crash) when
+    older than ``incoming_older_than``. Returns the names removed.
+    """
+    root = jobs_root(data_dir)
+    if not root.is_dir():
+        return []
+    now, removed = time.time(), []
+    for entry in root.iterdir():
+        try:
+            age = now - entry.stat().st_mtime
+        except OSError:
+            continue
+        if entry.name.startswith(".incoming-"):
+            stale = age > incoming_older_than
+        else:
+            stale = JOB_ID_RE.match(entry.name) is not None and age > older_than and not job_exists(entry.name)
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    return removed

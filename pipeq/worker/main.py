@@ -27,6 +27,7 @@ import redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
+from pipeq import storage
 from pipeq.queue import BUSY_FIELD, connect
 from pipeq.settings import Settings, get_settings
 from pipeq.worker import task
@@ -44,8 +45,12 @@ return 0
 """
 
 
+PRUNE_INTERVAL = 600.0
+
+
 class PipeqWorker(SimpleWorker):
     lease_seconds = 15
+    _last_pruned = float("-inf")
 
     @property
     def dequeue_timeout(self) -> int:
@@ -101,6 +106,17 @@ class PipeqWorker(SimpleWorker):
             except redis.RedisError:
                 pass
         self.set_state("idle")
+
+    def run_maintenance_tasks(self):
+        super().run_maintenance_tasks()
+        if time.monotonic() - self._last_pruned > PRUNE_INTERVAL:
+            self._last_pruned = time.monotonic()
+            settings = get_settings()
+            removed = storage.prune(
+                settings.data_dir, lambda job_id: self.connection.exists(f"rq:job:{job_id}"), settings.job_ttl
+            )
+            if removed:
+                log.info("removed %d expired job folders", len(removed))
 
     def kill_horse(self, sig=signal.SIGTERM):
         """RQ calls this for a stop request of the current job: end its pipeline."""

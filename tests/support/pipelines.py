@@ -54,8 +54,9 @@ def write(directory: Path, name: str, body: str) -> Path:
     return path
 
 
-def processes_matching(text: str) -> list[int]:
-    """Pids of live processes whose command line contains ``text``."""
+def processes_matching(text: str, env: str | None = None) -> list[int]:
+    """Pids of live processes whose command line contains ``text`` (and, when given, whose
+    environment contains ``env``: tells this test's processes from others' on the machine)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -66,5 +67,11 @@ def processes_matching(text: str) -> list[int]:
         except OSError:
             continue
         if text in cmdline and state != "Z":
+            if env is not None:
+                try:
+                    if env.encode() not in (entry / "environ").read_bytes():
+                        continue
+                except OSError:
+                    continue
             found.append(int(entry.name))
     return found

@@ -67,3 +67,16 @@ def test_progress_lines(line, expected):
 @pytest.mark.parametrize("line", ["PROGRESS 101 x", "PROGRESS -1 x", "PROGRESS x align", "progress 10 qc", "PROGRESS 10", "echo PROGRESS 10 qc"])
 def test_other_lines_are_not_progress(line):
     assert progress.parse(line) is None
+
+
+def test_prune_removes_expired_jobs_and_stale_uploads_only(tmp_path):
+    root = tmp_path / "jobs"
+    kept, expired, young = JOB, "f" * 32, "e" * 32
+    for name in (kept, expired, young, ".incoming-x", "not-a-job"):
+        (root / name).mkdir(parents=True)
+    old = 10_000
+    for name in (kept, expired, ".incoming-x", "not-a-job"):
+        os.utime(root / name, (os.path.getmtime(root / name) - old,) * 2)
+    removed = storage.prune(tmp_path, job_exists=lambda i: i == kept, older_than=3600, incoming_older_than=3600)
+    assert sorted(removed) == sorted([expired, ".incoming-x"])
+    assert sorted(p.name for p in root.iterdir()) == sorted([kept, young, "not-a-job"])
