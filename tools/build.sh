@@ -60,16 +60,16 @@ done
 ld+=" -X helm.sh/helm/v3/internal/version.version=$helm -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 
 export CGO_ENABLED=0
-export GOFLAGS="-trimpath -buildvcs=false -mod=mod"
-# One invocation: shared packages (client-go, apimachinery, grpc, ...) compile once; go
-# links the mains one after the other, which keeps the memory peak at ~2 GB.
+export GOFLAGS="-trimpath -buildvcs=false -mod=readonly"
+# One invocation for the Kubernetes mains and helm: shared packages (client-go, apimachinery,
+# grpc, ...) compile once, and go links the mains one after the other (peak ~2 GB RSS).
 go build -ldflags="$ld" -o "$tmp/bin/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
-  helm.sh/helm/v3/cmd/helm \
-  go.etcd.io/etcd/server/v3 >&2
-# `go build` names the etcd main after its module path's last element ("v3").
-mv "$tmp/bin/v3" "$tmp/bin/etcd"
+  helm.sh/helm/v3/cmd/helm >&2
+# etcd on its own for an explicit name (go would call the module's main "server"); its
+# packages shared with the above come from the build cache.
+go build -ldflags="-s -w" -o "$tmp/bin/etcd" go.etcd.io/etcd/server/v3 >&2
 for b in etcd kube-apiserver kube-controller-manager helm; do [ -x "$tmp/bin/$b" ]; done
 {
   echo "k8s=$k8s etcd=$etcd helm=$helm go=$(go env GOVERSION) built=$now"
