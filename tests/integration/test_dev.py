@@ -1,0 +1,69 @@
+"""`pipeq dev` as a user runs it: one command, an embedded Redis, the API, autoscaled workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from pipeq.redis_server import free_port
+from tests.conftest import ROOT, wait_for
+from tests.support import pipelines
+
+
+@pytest.fixture
+def dev(tmp_path):
+    port = free_port()
+    pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPEQ_")}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        PIPEQ_PORT=str(port),
+        PIPEQ_DATA_DIR=str(tmp_path / "data"),
+        PIPEQ_PIPELINE=str(pipeline),
+        PIPEQ_MIN_WORKERS="0",
+        PIPEQ_MAX_WORKERS="3",
+        PIPEQ_SCALE_DOWN_DELAY="1",
+        PIPEQ_TEST_SLEEP="2",
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "pipeq", "dev"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _up(base), timeout=20, what="pipeq dev to answer")
+        yield proc, base, tmp_path
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+
+
+def _up(base):
+    try:
+        return httpx.get(base + "/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _workers(tmp_path) -> int:
+    return len(pipelines.processes_matching("pipeq worker", env=str(tmp_path)))
+
+
+def test_dev_scales_from_zero_runs_jobs_and_stops_cleanly(dev, dataset):
+    proc, base, tmp_path = dev
+    assert _workers(tmp_path) == 0
+    files = [("reads", (p.name, p.read_bytes())) for p in dataset.reads] + [("reference", (dataset.reference.name, dataset.reference.read_bytes()))]
+    ids = [httpx.post(base + "/run_pipeline", files=files, timeout=10).json()["job_id"] for _ in range(3)]
+    wait_for(lambda: _workers(tmp_path) == 3, timeout=10, what="3 workers")
+    for job_id in ids:
+        wait_for(lambda: httpx.get(f"{base}/job_status/{job_id}").json()["status"] == "finished", timeout=30, what=f"{job_id} finished")
+    wait_for(lambda: _workers(tmp_path) == 0, timeout=15, what="scale back to zero")
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0
+    assert "workers 0→" in out and "→0" in out, out
+    assert pipelines.processes_matching("", env=str(tmp_path / "data")) == []  # redis-server and all children gone
