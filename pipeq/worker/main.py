@@ -123,6 +123,14 @@ class PipeqWorker(SimpleWorker):
         task.control.stop.set()
 
 
+class _QuietMaintenance(logging.Filter):
+    """Drop RQ's line per registry clean-up: pipeq runs it every few seconds, not every 10 minutes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not (msg.startswith("Worker %s: cleaning") or "cleaning registries" in msg or "cleaning group registries" in msg)
+
+
 def worker_name(settings: Settings) -> str:
     """The RQ worker name: PIPEQ_WORKER_NAME, else the pod name (HOSTNAME), else host-pid."""
     return settings.worker_name or os.environ.get("HOSTNAME") or f"{socket.gethostname()}-{os.getpid()}"
@@ -132,6 +140,7 @@ def run_worker(settings: Settings | None = None, *, burst: bool = False) -> bool
     """Run a worker on ``settings.queue`` until SIGTERM (or, with ``burst``, until the queue is empty)."""
     settings = settings or get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("rq.worker").addFilter(_QuietMaintenance())
     conn = connect(settings.redis_url, timeout=max(10.0, settings.lease_seconds))
     name = worker_name(settings)
     _forget_stale_registration(conn, name)
