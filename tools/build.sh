@@ -14,6 +14,9 @@
 # ones (GOMODCACHE, GOCACHE: their defaults are outside the checkout too).
 set -euo pipefail
 cd "$(dirname "$0")"
+# Debian's golang package is older than k8s needs; the machine's Go lives in /usr/local/go.
+command -v go >/dev/null || PATH="$PATH:/usr/local/go/bin"
+command -v go >/dev/null || { echo "tools/build.sh: no go on PATH (Go >= 1.26 is needed)" >&2; exit 1; }
 # Bump when the build recipe (flags, packages) changes in a way go.mod/go.sum don't show.
 BUILD_REV=1
 
