@@ -236,26 +236,28 @@ def bare_pod(name: str, script: str, restart: str = "Always", grace: int = 30) -
 
 def test_pod_deletion_sigterm_grace_then_sigkill(cluster, namespace):
     # one pod finishes its work on SIGTERM within the grace period, one ignores SIGTERM
-    polite = 'trap "echo got TERM; sleep 1; echo done; exit 0" TERM; while :; do sleep 0.1; done'
-    stubborn = 'trap "echo ignoring TERM" TERM; while :; do sleep 0.1; done'
+    polite = 'trap "echo got TERM; sleep 1; echo done; exit 0" TERM; echo trapped; while :; do sleep 0.1; done'
+    stubborn = 'trap "echo ignoring TERM" TERM; echo trapped; while :; do sleep 0.1; done'
     cluster.apply([bare_pod("polite", polite, grace=10), bare_pod("stubborn", stubborn, grace=2)],
                   namespace=namespace)
-    wait_for(lambda: len(node_procs(cluster, namespace)) == 2, timeout=20, what="2 processes")
-    time.sleep(0.3)  # let sh install its traps
+    for pod in ("polite", "stubborn"):
+        wait_for(lambda: "trapped" in cluster.node.pod_log(namespace, pod).splitlines(), timeout=20,
+                 what=f"{pod}'s shell to set its trap")
     t0 = time.monotonic()
     cluster.kubectl("delete", "pod", "polite", "stubborn", "-n", namespace, "--wait=false")
     wait_for(lambda: not cluster.get_json("pods", "-n", namespace)["items"], timeout=20,
              what="both pods removed after their processes ended")
     took = time.monotonic() - t0
     assert 2 <= took < 10, took  # stubborn: killed at its 2 s grace, not polite's 10 s
-    polite_log = cluster.node.pod_log(namespace, "polite")
-    assert "got TERM" in polite_log and "done" in polite_log and "exited 0" in polite_log
-    stubborn_log = cluster.node.pod_log(namespace, "stubborn")
-    assert "ignoring TERM" in stubborn_log and "exited 137" in stubborn_log  # SIGKILL
+    # (the log's "--- " lines are the node's own notes: start, SIGTERM, exit code)
+    polite_log = cluster.node.pod_log(namespace, "polite").splitlines()
+    assert polite_log[-3:-1] == ["got TERM", "done"] and polite_log[-1].endswith("exited 0")
+    stubborn_log = cluster.node.pod_log(namespace, "stubborn").splitlines()
+    assert "ignoring TERM" in stubborn_log and stubborn_log[-1].endswith("exited 137")  # SIGKILL
 
 
 def test_restart_policy_always_restarts_a_crashing_process(cluster, namespace):
-    cluster.apply(bare_pod("crashy", "echo run; exit 2"), namespace=namespace)
+    cluster.apply(bare_pod("crashy", "echo RUN-MARK; exit 2"), namespace=namespace)
 
     def restarted():
         st = cluster.get_json("pod", "crashy", "-n", namespace)["status"]
@@ -264,4 +266,4 @@ def test_restart_policy_always_restarts_a_crashing_process(cluster, namespace):
 
     cs = wait_for(restarted, timeout=20, what="two restarts")
     assert cs["lastState"]["terminated"]["exitCode"] == 2
-    assert cluster.node.pod_log(namespace, "crashy").count("run") >= 2
+    assert cluster.node.pod_log(namespace, "crashy").splitlines().count("RUN-MARK") >= 2
