@@ -267,3 +267,20 @@ def test_restart_policy_always_restarts_a_crashing_process(cluster, namespace):
     cs = wait_for(restarted, timeout=20, what="two restarts")
     assert cs["lastState"]["terminated"]["exitCode"] == 2
     assert cluster.node.pod_log(namespace, "crashy").splitlines().count("RUN-MARK") >= 2
+
+
+def test_readiness_probe_gates_ready(cluster, namespace):
+    from tests.support.cluster import free_port
+
+    port = free_port()
+    pod = bare_pod("web", f"sleep 1.5; exec python3 -m http.server {port} --bind 127.0.0.1")
+    pod["spec"]["containers"][0]["ports"] = [{"name": "http", "containerPort": port}]
+    pod["spec"]["containers"][0]["readinessProbe"] = {
+        "httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1}
+    cluster.apply(pod, namespace=namespace)
+    first = wait_for(lambda: (lambda p: p if p["status"].get("phase") == "Running" else None)(
+        cluster.get_json("pod", "web", "-n", namespace)), timeout=20, what="Running")
+    assert not ready(first), "Ready before the probe passed"
+    assert first["status"]["containerStatuses"][0]["started"] is True
+    wait_for(lambda: ready(cluster.get_json("pod", "web", "-n", namespace)), timeout=20,
+             what="Ready once the server answers")

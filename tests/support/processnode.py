@@ -14,13 +14,22 @@ more:
   with it: there are no service-account tokens on disk), ``envFrom`` (ConfigMaps and
   Secrets) and ``env`` (``value``; ``valueFrom`` fieldRef metadata.name/namespace/uid/
   labels/annotations, spec.nodeName/serviceAccountName, status.podIP/hostIP;
-  secretKeyRef; configMapKeyRef). Images, volumes, probes, resources, init containers and
-  the other containers are ignored (the other containers are reported as running, so a
-  pod's Ready means "its first container's process runs"). A container with no
+  secretKeyRef; configMapKeyRef). Images, volumes and volumeMounts, liveness/startup
+  probes, resources, securityContext, init containers and the other containers are
+  ignored (the other containers are reported as running, so a pod's Ready means "its first
+  container's process runs, and passes its readiness probe"). A container with no
   ``command`` cannot run here (the image's entrypoint is unknown): the pod fails with
-  reason ``NoCommand``. All pods share the machine's network (podIP 127.0.0.1): two pods
-  that listen on the same port clash;
-- reports the pod Running and Ready with container statuses as soon as the process starts;
+  reason ``NoCommand``;
+- networking is the machine's: podIP is 127.0.0.1, two pods listening on one port clash,
+  and there is no kube-proxy or cluster DNS (Services and their Endpoints exist as objects,
+  but nothing answers at a ClusterIP or a service name: point pods at 127.0.0.1:<port>);
+- paths are the machine's: a pod that writes to its volumeMount path writes there on the
+  host (give pods paths under a test's tmp dir through their env);
+- ``kubectl logs``/``exec``/``port-forward`` need a kubelet and don't work: read a pod's
+  output with ``ProcessNode.pod_log(namespace, name)``;
+- reports the pod Running as soon as the process starts, and Ready at once, or, when the
+  first container has a readinessProbe (httpGet, tcpSocket or exec; initialDelaySeconds,
+  periodSeconds, timeoutSeconds, success/failureThreshold honoured), when the probe passes;
   output goes to ``<workdir>/logs/<namespace>_<pod>.log`` (see ``pod_log``);
 - when the process exits: restartPolicy Always (and OnFailure on a non-zero exit) restarts
   it after 1, 2, 4 ... 30 s (reported as CrashLoopBackOff meanwhile, restartCount counts);
@@ -31,7 +40,8 @@ more:
   30 s), then deletes the pod with grace 0 once the process is gone. No preStop hooks.
 
 It watches pods with the ``kubernetes`` client in one thread and does everything else
-(binding, processes, status) in a second thread, the only one that starts processes.
+(binding, processes, status) in a second thread, the only one that starts pod processes;
+a readiness probe runs in a thread of its own per process.
 Pod processes get the parent-death signal, so they die with the test process even on a
 hard kill. ``stop()`` kills every process it started.
 """
@@ -114,6 +124,9 @@ class _PodProc:
     last_exit: int | None = None  # exit code of the current run (None while it runs)
     prev_exit: int | None = None  # exit code of the previous run (for lastState)
     history: list[int] = field(default_factory=list)  # pids, for tests
+    ready: bool = False  # what was last reported as the first container's readiness
+    env: dict = field(default_factory=dict)  # the process's environment (for exec probes)
+    cwd: str = ""  # and its working directory
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
@@ -329,6 +342,14 @@ class ProcessNode:
             pass
 
     def _handle(self, typ: str, pod: dict) -> None:
+        if typ == "PROBE":  # from a prober thread: {"uid", "popen", "ready"}
+            pp = self._procs.get(pod["uid"])
+            current = self._pods.get(pod["uid"])
+            if (pp and current and pp.popen is pod["popen"] and pp.alive() and not pp.terminating
+                    and pp.ready != pod["ready"]):
+                pp.ready = pod["ready"]
+                self._report_running(pp, current)
+            return
         uid = pod["metadata"]["uid"]
         if typ == "DELETED":
             self._pods.pop(uid, None)
@@ -481,9 +502,15 @@ class ProcessNode:
             pp.popen = _Exited(127)
             return  # _tick reports it as an exit with code 127
         pp.popen = popen
+        pp.env, pp.cwd = env, str(cwd)
         pp.history.append(popen.pid)
         pp.started_at = _now()
+        probe = c.get("readinessProbe")
+        pp.ready = not probe
         self._report_running(pp, pod)
+        if probe:
+            threading.Thread(target=self._probe_loop, args=(pp, popen, c, probe), daemon=True,
+                             name=f"probe-{pp.namespace}/{pp.name}").start()
 
     def _begin_termination(self, pp: _PodProc, grace) -> None:
         pp.terminating = True
@@ -604,7 +631,7 @@ class ProcessNode:
             st = {"name": c["name"], "image": c.get("image", ""), "imageID": "",
                   "containerID": f"process://{pp.popen.pid}" if pp.popen and not isinstance(pp.popen, _Exited) else "",
                   "restartCount": pp.restarts if i == 0 else 0,
-                  "ready": ready, "started": ready,
+                  "ready": ready, "started": "running" in first_state,
                   "state": first_state if i == 0 else {"running": {"startedAt": pp.started_at or _now()}}}
             if i == 0 and last_state:
                 st["lastState"] = last_state
@@ -623,10 +650,70 @@ class ProcessNode:
             last = {"terminated": {"exitCode": pp.prev_exit, "reason": "Error" if pp.prev_exit else "Completed"}}
         self._patch_status(pp, {
             **self._base_status(pod), "phase": "Running", "reason": None, "message": None,
-            "conditions": self._conditions(True),
+            "conditions": self._conditions(pp.ready),
             "containerStatuses": self._container_statuses(
-                pp, pod, {"running": {"startedAt": pp.started_at}}, True, last),
+                pp, pod, {"running": {"startedAt": pp.started_at}}, pp.ready, last),
         })
+
+    # ---- readiness probes (one thread per running process that has one) -----------------
+    def _probe_loop(self, pp: _PodProc, popen: subprocess.Popen, c: dict, probe: dict) -> None:
+        period = max(1, int(probe.get("periodSeconds", 10)))
+        timeout = max(1, int(probe.get("timeoutSeconds", 1)))
+        need_ok = max(1, int(probe.get("successThreshold", 1)))
+        need_fail = max(1, int(probe.get("failureThreshold", 3)))
+        ready, oks, fails = False, 0, 0
+        if self._stop.wait(int(probe.get("initialDelaySeconds", 0))):
+            return
+        while not self._stop.is_set() and pp.popen is popen and popen.poll() is None:
+            try:
+                ok = self._probe_once(pp, c, probe, timeout)
+            except Exception:
+                ok = False
+            oks, fails = (oks + 1, 0) if ok else (0, fails + 1)
+            if not ready and oks >= need_ok or ready and fails >= need_fail:
+                ready = not ready
+                self._events.put(("PROBE", {"uid": pp.uid, "popen": popen, "ready": ready}))
+            if self._stop.wait(period):
+                return
+
+    def _probe_once(self, pp: _PodProc, c: dict, probe: dict, timeout: int) -> bool:
+        def port(p) -> int:
+            if isinstance(p, int) or str(p).isdigit():
+                return int(p)
+            for cp in c.get("ports") or []:
+                if cp.get("name") == p:
+                    return int(cp["containerPort"])
+            raise ValueError(f"no container port named {p!r}")
+
+        if "httpGet" in probe:
+            import http.client
+            import ssl
+
+            h = probe["httpGet"]
+            host = h.get("host") or "127.0.0.1"
+            if h.get("scheme", "HTTP").upper() == "HTTPS":
+                conn = http.client.HTTPSConnection(host, port(h["port"]), timeout=timeout,
+                                                   context=ssl._create_unverified_context())
+            else:
+                conn = http.client.HTTPConnection(host, port(h["port"]), timeout=timeout)
+            try:
+                conn.request("GET", h.get("path") or "/",
+                             headers={x["name"]: x["value"] for x in h.get("httpHeaders") or []})
+                return 200 <= conn.getresponse().status < 400
+            finally:
+                conn.close()
+        if "tcpSocket" in probe:
+            import socket
+
+            t = probe["tcpSocket"]
+            with socket.create_connection((t.get("host") or "127.0.0.1", port(t["port"])), timeout=timeout):
+                return True
+        if "exec" in probe:
+            r = subprocess.run(probe["exec"].get("command") or ["false"], env=pp.env, cwd=pp.cwd or None,
+                               timeout=timeout,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return r.returncode == 0
+        return True  # grpc: not supported, counts as ready
 
     def _report_waiting(self, pp: _PodProc, pod: dict, reason: str, message: str,
                         exit_code: int | None = None) -> None:
