@@ -2,7 +2,7 @@
 # built from Go modules (tools/), started by tests/support/cluster.py. See tools/build.sh.
 .PHONY: tools cluster-up cluster-down
 
-tools: ## build etcd, kube-apiserver, kube-controller-manager, helm into the cache (once; ~20 min cold)
+tools: ## build etcd, kube-apiserver, kube-controller-manager, helm into the cache (once; ~10 min cold)
 	@tools/build.sh >/dev/null
 
 cluster-up: tools venv ## start the test control plane + process node; KUBECONFIG=.cluster/kubeconfig

@@ -16,7 +16,7 @@
 PATH (a shim running this venv's python with the checkout on PYTHONPATH).
 
 The binaries come from ``make tools``; when they are missing the fixture builds them (a cold
-build takes 15-25 minutes on 2 cores). Each session gets its own work directory,
+build takes about 10 minutes on 2 cores). Each session gets its own work directory,
 ``.cluster/pytest-<pid>/`` (kubeconfig, certs, logs), so parallel sessions in one checkout
 don't collide; it is removed at the end unless PIPEQ_KEEP_CLUSTER_LOGS=1.
 """
