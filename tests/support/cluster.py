@@ -248,18 +248,21 @@ class Cluster:
         for p in reversed(self.procs):
             p.stop()
         self.procs.clear()
-        deadline = time.monotonic() + 10
-        for name, port in self.ports.items():
-            while port_open(port) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if port_open(port):
-                raise ClusterError(f"port {port} of {name} still open after stop")
-        self.ports.clear()
         if self.data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self.data_dir = None
         self.kubeconfig.unlink(missing_ok=True)
         shutil.rmtree(self.pki, ignore_errors=True)
+        deadline = time.monotonic() + 10
+        still_open = []
+        for name, port in self.ports.items():
+            while port_open(port) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if port_open(port):
+                still_open.append(f"{name}:{port}")
+        self.ports.clear()
+        if still_open:
+            raise ClusterError(f"ports still open after stop: {still_open}")
 
     def pids(self) -> list[int]:
         return [p.popen.pid for p in self.procs if p.popen]
