@@ -18,8 +18,8 @@ venv: ## create the cached virtualenv
 run: deps venv ## run pipeq on this machine: embedded Redis, the API and autoscaled local workers
 	$(PY) -m pipeq dev
 
-test: deps venv ## run the whole test suite (installs and starts what it needs)
-	$(PY) -m pytest -q tests
+test: deps venv tools ## run the whole test suite (installs and starts what it needs)
+	$(PY) -m pytest -q -m "not soak" tests
 
 unit: venv ## unit tests only (seconds)
 	$(PY) -m pytest -q tests/unit
