@@ -516,8 +516,8 @@ class ProcessNode:
         pp.terminating = True
         pp.restart_at = None
         pp.kill_at = time.monotonic() + max(0, int(grace or 0))
-        _killpg(pp.popen.pid, signal.SIGTERM)
         self._log_line(pp, f"SIGTERM (grace {grace}s)")
+        _killpg(pp.popen.pid, signal.SIGTERM)
 
     def _exited(self, pp: _PodProc) -> None:
         code = pp.popen.returncode
