@@ -61,7 +61,8 @@ def enqueue_run(
         result_ttl=ttl,
         failure_ttl=ttl,
         meta=meta,
-        retry=Retry(max=retries) if retries else None,
+        # a lost job goes back to the head of the queue: it waited its turn once already
+        retry=Retry(max=retries, enqueue_at_front=True) if retries else None,
     )
     now = time.time()
     with conn.pipeline() as p:

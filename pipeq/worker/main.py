@@ -28,7 +28,7 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 
 from pipeq import storage
-from pipeq.queue import BUSY_FIELD, connect
+from pipeq.queue import BUSY_FIELD, connect, reap_abandoned
 from pipeq.settings import Settings, get_settings
 from pipeq.worker import task
 
@@ -90,6 +90,12 @@ class PipeqWorker(SimpleWorker):
                     lost.set()
                     task.control.stop.set()
                     os._exit(75)
+                # Busy workers requeue lost jobs too: idle ones only clean up between waits,
+                # and when every worker is busy there is no idle one.
+                try:
+                    reap_abandoned(self.connection, queue.name)
+                except redis.RedisError:
+                    pass
 
         task.control.lease_held = held
         self.connection.hset(self.key, BUSY_FIELD, job.id)

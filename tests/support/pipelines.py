@@ -22,11 +22,11 @@ done
 
 SLEEPY = HEADER + """
 echo "PROGRESS 10 work started"
-echo "start $$ $(date +%s.%N)" >> "${PIPEQ_TEST_TRACE:-/dev/null}"
+echo "start $$ $(date +%s.%N) $outdir" >> "${PIPEQ_TEST_TRACE:-/dev/null}"
 sleep "${PIPEQ_TEST_SLEEP:-2}"
 echo '{"sample": "x", "variants": 1}' > "$outdir/report.json"
 echo "result" > "$outdir/result.txt"
-echo "end $$ $(date +%s.%N)" >> "${PIPEQ_TEST_TRACE:-/dev/null}"
+echo "end $$ $(date +%s.%N) $outdir" >> "${PIPEQ_TEST_TRACE:-/dev/null}"
 echo "PROGRESS 100 done"
 """
 
