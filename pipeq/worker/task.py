@@ -89,7 +89,10 @@ def run_pipeline(reads: list[str], reference: str, sample: str | None = None) ->
 
     started = time.monotonic()
     with log:
-        log.write(f"== attempt {attempt} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
+        try:
+            log.write(f"== attempt {attempt} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
+        except OSError as e:
+            fail("storage error", f"cannot write the job's log: {e.strerror or e}")
         rc, why, tail = _run(cmd, work, log, job, settings.pipeline_timeout, settings.kill_grace)
     record_duration(job.connection, time.monotonic() - started, "finished" if rc == 0 and not why else "failed")
 
@@ -138,7 +141,10 @@ def _run(cmd, cwd, log, job, timeout: float, grace: float) -> tuple[int, str | N
     def pump(stream, is_stderr: bool):
         for raw in iter(stream.readline, b""):
             with lock:
-                log.write(raw)
+                try:
+                    log.write(raw)
+                except OSError:
+                    pass  # a full disk must not stall the pipeline on a full pipe
             line = raw.decode(errors="replace").rstrip("\n")
             if is_stderr:
                 tail.append(line)
