@@ -74,6 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(health.router)
 
+    if not settings.api_token:
+        _document_without_auth(app)
+
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -82,3 +85,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return FileResponse(STATIC / "index.html")
 
     return app
+
+
+def _document_without_auth(app: FastAPI) -> None:
+    """With no PIPEQ_API_TOKEN the routes are open: say so in the OpenAPI document."""
+    base = app.openapi
+
+    def openapi():
+        if app.openapi_schema is None:
+            schema = base()
+            for path in schema.get("paths", {}).values():
+                for op in path.values():
+                    op.pop("security", None)
+            schema.get("components", {}).pop("securitySchemes", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
