@@ -5,7 +5,7 @@ export PYTHONPATH := $(CURDIR)
 VENV = $(shell scripts/venv.sh)
 PY = $(VENV)/bin/python
 
-.PHONY: help deps venv run test unit integration clean
+.PHONY: help deps venv run test unit integration clean soak
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
@@ -28,3 +28,6 @@ clean: ## remove local state (not the caches)
 	rm -rf .cluster data .pipeq .pytest_cache
 
 -include mk/*.mk
+
+soak: deps venv ## the 2-minute load soak against pipeq dev (PIPEQ_SOAK_SECONDS to change)
+	$(PY) -m pytest -q -s -m soak tests/reliability/test_soak.py

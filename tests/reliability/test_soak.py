@@ -1,0 +1,100 @@
+"""Soak: 50 concurrent clients submitting and polling against `pipeq dev` for a bounded time
+(2 minutes; PIPEQ_SOAK_SECONDS to change). Loopback only. Run with `make soak`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from pipeq.redis_server import free_port
+from tests.conftest import ROOT, wait_for
+from tests.support import pipelines
+
+pytestmark = [pytest.mark.reliability, pytest.mark.soak]
+
+CLIENTS = 50
+FQ = b"".join(b"@r%d\nACGTACGTAC\n+\nIIIIIIIIII\n" % i for i in range(200))
+FA = b">c\n" + b"ACGT" * 200 + b"\n"
+
+
+def rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_soak(tmp_path):
+    seconds = float(os.environ.get("PIPEQ_SOAK_SECONDS", "120"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPEQ_")}
+    env.update(
+        PYTHONPATH=str(ROOT), PIPEQ_PORT=str(port), PIPEQ_DATA_DIR=str(tmp_path / "data"),
+        PIPEQ_PIPELINE=str(pipelines.write(tmp_path, "fast.sh", pipelines.SLEEPY)), PIPEQ_TEST_SLEEP="0.05",
+        PIPEQ_MIN_WORKERS="2", PIPEQ_MAX_WORKERS="4",
+    )
+    dev = subprocess.Popen([sys.executable, "-m", "pipeq", "dev"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _ready(base), timeout=30, what="pipeq dev")
+        api_pid = pipelines.processes_matching("pipeq api", env=str(tmp_path))[0]
+        for _ in range(20):  # warm up before the first memory reading
+            httpx.post(base + "/run_pipeline", files=[("reads", ("r.fq", FQ)), ("reference", ("r.fa", FA))])
+        rss_start = rss_kib(api_pid)
+        lat = {"submit": [], "status": []}
+        errors: list[str] = []
+        asyncio.run(_load(base, seconds, lat, errors))
+        rss_end = rss_kib(api_pid)
+    finally:
+        dev.send_signal(signal.SIGINT)
+        dev.wait(timeout=60)
+
+    def pct(xs, p):
+        return statistics.quantiles(xs, n=100)[p - 1] * 1000 if len(xs) > 2 else float("nan")
+
+    total = len(lat["submit"]) + len(lat["status"])
+    print(f"\nsoak: {CLIENTS} clients, {seconds:.0f}s, {total} requests, {total / seconds:.1f} req/s, errors {len(errors)}")
+    for kind, xs in lat.items():
+        print(f"  {kind:7s} n={len(xs):6d} p50={pct(xs, 50):6.1f} ms p99={pct(xs, 99):6.1f} ms")
+    print(f"  API RSS start {rss_start / 1024:.1f} MiB, end {rss_end / 1024:.1f} MiB ({(rss_end / rss_start - 1) * 100:+.1f}%)")
+    assert errors == [], errors[:5]
+    assert rss_end <= rss_start * 1.2
+
+
+def _ready(base):
+    try:
+        return httpx.get(base + "/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def _load(base, seconds, lat, errors):
+    deadline = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=CLIENTS)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+
+        async def one_client():
+            while time.monotonic() < deadline:
+                t = time.perf_counter()
+                r = await client.post("/run_pipeline", files=[("reads", ("r.fq", FQ)), ("reference", ("r.fa", FA))])
+                lat["submit"].append(time.perf_counter() - t)
+                if r.status_code != 202:
+                    errors.append(f"submit {r.status_code} {r.text[:100]}")
+                    continue
+                url = r.json()["status_url"]
+                for _ in range(3):
+                    t = time.perf_counter()
+                    s = await client.get(url)
+                    lat["status"].append(time.perf_counter() - t)
+                    if s.status_code != 200:
+                        errors.append(f"status {s.status_code}")
+
+        await asyncio.gather(*(one_client() for _ in range(CLIENTS)))
