@@ -15,9 +15,10 @@
 (kubernetes Python client), ``.node`` (the ``ProcessNode``). Pod commands find ``pipeq`` on
 PATH (a shim running this venv's python with the checkout on PYTHONPATH).
 
-The binaries come from ``make tools``; when they are missing the fixture builds them (a cold
-build takes about 10 minutes on 2 cores). Each session gets its own work directory,
-``.cluster/pytest-<pid>/`` (kubeconfig, certs, logs), so parallel sessions in one checkout
+The binaries come from ``make tools``; when they are missing, collecting a test that uses
+this fixture builds them first (a cold build takes about 10 minutes on 2 cores). Each
+session gets its own work directory, ``.cluster/pytest-<pid>/`` (kubeconfig, certs, logs,
+the pods' output), so parallel sessions in one checkout
 don't collide; it is removed at the end unless PIPEQ_KEEP_CLUSTER_LOGS=1.
 """
 
@@ -25,11 +26,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import uuid
 
 import pytest
 
-from tests.support.cluster import ROOT, Cluster, port_open
+from tests.support.cluster import ROOT, Cluster, ClusterError, port_open, tools_bin_dir
 from tests.support.processnode import ProcessNode, make_pipeq_shim
 
 
@@ -39,6 +41,22 @@ def pytest_configure(config):
         "cluster: runs against the real Kubernetes control plane of tests/support/cluster.py "
         "(etcd, kube-apiserver, kube-controller-manager, process node); built by `make tools`",
     )
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Build the control plane's binaries, when missing, before any test starts: a cold
+    build (~10 min) inside the fixture would run into pytest's per-test timeout."""
+    if not any("cluster" in getattr(i, "fixturenames", ()) or i.get_closest_marker("cluster") for i in items):
+        return
+    try:
+        tools_bin_dir(build=False)
+    except ClusterError:
+        print("\npipeq: building the test control plane (tools/build.sh, once, ~10 min)...",
+              file=sys.stderr, flush=True)
+        try:
+            tools_bin_dir(build=True)
+        except ClusterError as e:  # the cluster fixture reports it on each test
+            print(f"pipeq: {e}", file=sys.stderr, flush=True)
 
 
 @pytest.fixture(scope="session")
