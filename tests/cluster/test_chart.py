@@ -1,0 +1,91 @@
+"""The chart on a real API server: lint, server-side dry-run, install into a namespace that
+enforces the restricted Pod Security Standard, RBAC as narrow as documented, plain
+manifests in step with the chart, and uninstall leaving nothing."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support import chart
+from tests.support.cluster import wait_for
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "helm" / "pipeq" / "crds" / "workerpools.yaml"
+EXTERNAL = ["redis.enabled=false", "redis.external.url=redis://127.0.0.1:1/0"]
+
+
+def restricted_namespace(cluster, name):
+    cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted",
+                    "pod-security.kubernetes.io/enforce-version=latest", "--overwrite")
+
+
+@pytest.mark.parametrize("sets", [[], ["operator.scope=cluster"], EXTERNAL + ["api.auth.enabled=true", "networkPolicy.enabled=true"]], ids=["default", "cluster-scope", "external-redis-auth"])
+def test_lint_is_clean(sets):
+    args = [chart.helm_bin(), "lint", "--strict", str(chart.CHART)] + [a for s in sets for a in ("--set", s)]
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_values_schema_refuses_nonsense():
+    r = subprocess.run([chart.helm_bin(), "lint", str(chart.CHART), "--set", "workerPool.maxReplicas=0", "--set", "operator.scope=everywhere"], capture_output=True, text=True)
+    assert r.returncode != 0 and "maxReplicas" in r.stdout + r.stderr and "scope" in r.stdout + r.stderr
+
+
+def test_rendered_chart_passes_server_side_dry_run(cluster, namespace):
+    if not CRD.exists():
+        pytest.skip("the WorkerPool CRD (helm/pipeq/crds/workerpools.yaml) has not landed yet")
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+    restricted_namespace(cluster, namespace)
+    rendered = chart.render(namespace=namespace, release=f"dry-{namespace}")
+    out = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=rendered)
+    assert "created (server dry run)" in out.stdout
+
+
+def test_manifests_are_rendered_from_the_chart():
+    current = (ROOT / "manifests" / "pipeq.yaml").read_text()
+    header, body = current.split("\n", 1)
+    assert body == chart.render(), "manifests/ is stale: run `make manifests`"
+
+
+def test_install_in_restricted_namespace_with_narrow_rbac_and_clean_uninstall(cluster, namespace):
+    if not CRD.exists():
+        pytest.skip("the WorkerPool CRD (helm/pipeq/crds/workerpools.yaml) has not landed yet")
+    restricted_namespace(cluster, namespace)
+    # The API and the operator run as local processes on the process node; give them
+    # a port of their own and nothing to connect to, so this test is only about objects.
+    sets = EXTERNAL + ["workerPool.minReplicas=0", "api.replicas=0", "operator.livenessPort=0"]
+    release = f"rel-{namespace}"
+    cluster.helm("install", release, str(chart.CHART), "-n", namespace, *[a for s in sets for a in ("--set", s)])
+    sa = f"system:serviceaccount:{namespace}:{release}-pipeq"
+
+    def can(who, verb, resource, ns=namespace):
+        r = cluster.kubectl("auth", "can-i", verb, resource, f"--as={sa}-{who}", "-n", ns, check=False)
+        return r.stdout.strip() == "yes"
+
+    assert can("operator", "patch", "workerpools.pipeq.dev/status")
+    assert can("operator", "create", "deployments.apps") and can("operator", "patch", "pods")
+    assert can("operator", "create", "events")
+    assert not can("operator", "get", "secrets"), "the operator must not read Secrets"
+    assert not can("operator", "create", "pods")
+    assert not can("operator", "patch", "deployments.apps", ns="default"), "namespaced mode stays in its namespace"
+    assert not can("operator", "delete", "namespaces")
+    for who in ("api", "worker"):
+        for verb, res in (("get", "pods"), ("list", "secrets"), ("get", "workerpools.pipeq.dev")):
+            assert not can(who, verb, res), f"{who} can {verb} {res}"
+
+    # restricted PSS: the ReplicaSets could create their pods (no FailedCreate)
+    cluster.kubectl("scale", "deployment", f"{release}-pipeq-operator", "-n", namespace, "--replicas=0")
+    events = cluster.kubectl("get", "events", "-n", namespace, "-o", "jsonpath={.items[*].reason}").stdout
+    assert "FailedCreate" not in events, cluster.kubectl("get", "events", "-n", namespace).stdout
+
+    cluster.helm("uninstall", release, "-n", namespace, "--wait")
+    wait_for(lambda: cluster.kubectl("get", "all,pvc,sa,role,rolebinding,secret,workerpools", "-n", namespace, "-l",
+                                     f"app.kubernetes.io/instance={release}", "-o", "name").stdout.strip() == "",
+             timeout=60, what="the release's objects to go")
+    cluster_objs = cluster.kubectl("get", "clusterrole,clusterrolebinding", "-o", "name").stdout
+    assert release not in cluster_objs
