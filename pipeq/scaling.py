@@ -1,5 +1,10 @@
-"""The scaling policy: how many workers a queue needs. A pure function, shared by the
-operator (Deployment replicas) and ``pipeq dev`` (local worker processes)."""
+"""The scaling policy: how many workers a queue needs.
+
+A pure function of what Redis says now (queued, running, busy), the pool's knobs and one
+piece of carried state (``lower_since``). It does no I/O and reads no clock, so the operator
+(Deployment replicas) and ``pipeq dev`` (local worker processes) share it and the unit tests
+drive it with a table.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Decision:
+    #: the worker count to run now
     desired: int
+    #: why, in words fit for an Event: "7 queued, 1 running"
     reason: str
-    #: since when a lower count than ``current`` has been wanted (None: not wanted now)
+    #: since when a count lower than ``current`` has been wanted (None: not wanted now).
+    #: The caller keeps it and passes it back on its next call.
     lower_since: float | None
+    #: the count the load asks for, before the scale-down delay (for status and metrics)
+    target: int = 0
 
 
 def decide(
@@ -32,25 +42,37 @@ def decide(
 ) -> Decision:
     """The worker count to run now.
 
-    target = clamp(ceil((queued + running) / jobs_per_worker), min_replicas, max_replicas),
-    never below ``busy`` (a busy worker is never removed). A higher target applies at once;
-    a lower one only after it has been wanted for ``scale_down_delay`` seconds (``lower_since``
-    carries that time between calls: pass back the returned value). ``paused`` or an
-    unreachable Redis hold ``current``.
+    Contract:
+
+    - target = clamp(ceil((queued + running) / jobs_per_worker), min_replicas, max_replicas),
+      then raised to ``busy`` if lower: a worker running a job is never asked to go, even
+      when ``max_replicas`` was lowered under it.
+    - target > current: ``desired = target`` at once (no delay on the way up).
+    - target < current: ``desired = current`` until a lower target has been wanted without
+      a break for ``scale_down_delay`` seconds (``lower_since`` records since when; pass the
+      returned value back next time), then ``desired = target``. Any poll that wants
+      ``current`` or more ends the wait.
+    - ``paused``: ``desired = current``, nothing is carried.
+    - ``redis_reachable=False`` (the counts are unknown): ``desired = current`` and the wait
+      restarts afterwards: never scale down on blind counts. ``queued``/``running``/``busy``
+      are ignored then.
+
+    ``now`` and ``lower_since`` are seconds on any one clock (time.time() or monotonic).
     """
     if paused:
-        return Decision(current, "paused", None)
+        return Decision(current, "paused", None, current)
     if not redis_reachable:
-        return Decision(current, "Redis unreachable: holding", lower_since)
-    load = queued + running
+        return Decision(current, "Redis unreachable: holding", None, current)
+    load = max(0, queued) + max(0, running)
     target = min(max(math.ceil(load / max(1, jobs_per_worker)), min_replicas), max_replicas)
-    target = max(target, busy)  # even above max_replicas: a busy worker is never removed
+    target = max(target, busy)
     why = f"{queued} queued, {running} running"
-    if target > current:
-        return Decision(target, why, None)
-    if target == current:
-        return Decision(current, why, None)
+    if busy and target == busy and busy > math.ceil(load / max(1, jobs_per_worker)):
+        why += f", {busy} busy"
+    if target >= current:
+        return Decision(target, why, None, target)
     since = now if lower_since is None else lower_since
-    if now - since >= scale_down_delay:
-        return Decision(target, why, None)
-    return Decision(current, f"{why}; {target} wanted, waiting {scale_down_delay - (now - since):.0f}s more", since)
+    waited = now - since
+    if waited >= scale_down_delay:
+        return Decision(target, why, None, target)
+    return Decision(current, f"{why}; {target} wanted in {scale_down_delay - waited:.0f}s", since, target)
