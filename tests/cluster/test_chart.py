@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import chart
-from tests.support.cluster import wait_for
+from tests.support.cluster import free_port, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -58,7 +58,8 @@ def test_install_in_restricted_namespace_with_narrow_rbac_and_clean_uninstall(cl
     restricted_namespace(cluster, namespace)
     # The API and the operator run as local processes on the process node; give them
     # a port of their own and nothing to connect to, so this test is only about objects.
-    sets = EXTERNAL + ["workerPool.minReplicas=0", "api.replicas=0", "operator.livenessPort=0"]
+    sets = EXTERNAL + ["workerPool.minReplicas=0", "api.replicas=0",
+                       f"operator.livenessPort={free_port()}", f"operator.metricsPort={free_port()}"]
     release = f"rel-{namespace}"
     cluster.helm("install", release, str(chart.CHART), "-n", namespace, *[a for s in sets for a in ("--set", s)])
     sa = f"system:serviceaccount:{namespace}:{release}-pipeq"
