@@ -1,0 +1,147 @@
+"""The manifests the operator sends, built from a WorkerPool spec without a cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from pipeq.operator import builders
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_URL = "redis://operator-default:6379/0"
+
+
+def deployment(spec, **kw):
+    return builders.worker_deployment("pool-a", spec, replicas=kw.pop("replicas", 2), default_redis_url=DEFAULT_URL)
+
+
+def env_of(dep):
+    return {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_minimal_spec_gives_a_runnable_deployment():
+    dep = deployment({"image": "ghcr.io/x/pipeq-worker:1"})
+    assert dep["metadata"]["name"] == "pool-a-workers"
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["selector"]["matchLabels"] == {"pipeq.dev/pool": "pool-a", "app.kubernetes.io/component": "worker"}
+    tpl = dep["spec"]["template"]
+    assert tpl["metadata"]["labels"]["pipeq.dev/pool"] == "pool-a"
+    assert dep["metadata"]["labels"]["pipeq.dev/pool"] == "pool-a"
+    c = tpl["spec"]["containers"][0]
+    assert c["command"] == ["pipeq", "worker"]
+    assert c["image"] == "ghcr.io/x/pipeq-worker:1"
+    assert c["imagePullPolicy"] == "IfNotPresent"
+    env = env_of(dep)
+    assert env["PIPEQ_QUEUE"]["value"] == "pipeline_tasks"
+    assert env["PIPEQ_REDIS_URL"]["value"] == DEFAULT_URL
+    assert env["PIPEQ_PIPELINE_TIMEOUT"]["value"] == "21600"
+    assert env["PIPEQ_WORKER_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_timeout_reaches_the_worker_and_the_grace_period_outlasts_it():
+    dep = deployment({"image": "w", "pipeline": {"timeoutSeconds": 600}})
+    assert env_of(dep)["PIPEQ_PIPELINE_TIMEOUT"]["value"] == "600"
+    assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 600 + 30
+
+
+def test_restricted_pod_security():
+    pod = deployment({"image": "w"})["spec"]["template"]["spec"]
+    c = pod["containers"][0]["securityContext"]
+    assert c["allowPrivilegeEscalation"] is False
+    assert c["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_redis_url_and_secret_ref():
+    assert env_of(deployment({"image": "w", "redis": {"url": "redis://r:1/2"}}))["PIPEQ_REDIS_URL"]["value"] == "redis://r:1/2"
+    e = env_of(deployment({"image": "w", "redis": {"secretRef": {"name": "s"}}}))["PIPEQ_REDIS_URL"]
+    assert e == {"name": "PIPEQ_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": "s", "key": "url"}}}
+    assert builders.redis_url_for_operator({"redis": {"url": "redis://r:1/2"}}, DEFAULT_URL) == "redis://r:1/2"
+    # the operator reads no Secrets: with a secretRef it polls with its own URL
+    assert builders.redis_url_for_operator({"redis": {"secretRef": {"name": "s"}}}, DEFAULT_URL) == DEFAULT_URL
+
+
+def test_pod_template_parts_pass_through_and_operator_env_wins():
+    spec = {
+        "image": "w", "imagePullPolicy": "Always", "queue": "q2",
+        "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "1Gi"}},
+        "env": [{"name": "PIPEQ_DATA_DIR", "value": "/data"}, {"name": "PIPEQ_QUEUE", "value": "sneaky"}],
+        "nodeSelector": {"disk": "ssd"},
+        "tolerations": [{"key": "bio", "operator": "Exists", "effect": "NoSchedule"}],
+        "serviceAccountName": "pipeq-worker",
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "pipeq-data"}}],
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+    }
+    dep = deployment(spec)
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["imagePullPolicy"] == "Always"
+    assert c["resources"] == spec["resources"]
+    assert c["volumeMounts"] == spec["volumeMounts"]
+    assert pod["volumes"] == spec["volumes"]
+    assert pod["nodeSelector"] == {"disk": "ssd"}
+    assert pod["tolerations"] == spec["tolerations"]
+    assert pod["serviceAccountName"] == "pipeq-worker"
+    names = [e["name"] for e in c["env"]]
+    assert len(names) == len(set(names)), "duplicate env names break server-side apply"
+    assert env_of(dep)["PIPEQ_QUEUE"]["value"] == "q2"
+    assert env_of(dep)["PIPEQ_DATA_DIR"]["value"] == "/data"
+    # the builder copies: mutating the manifest leaves the pool's spec alone
+    c["resources"]["requests"]["cpu"] = "9"
+    assert spec["resources"]["requests"]["cpu"] == "1"
+
+
+def test_pool_settings_defaults_match_the_crd():
+    crd = yaml.safe_load((ROOT / "helm/pipeq/crds/workerpools.yaml").read_text())
+    props = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    s = builders.pool_settings({"image": "w"})
+    for key in ("queue", "imagePullPolicy", "minReplicas", "maxReplicas", "jobsPerWorker", "paused"):
+        assert s[key] == props[key]["default"], key
+    assert s["timeout"] == props["pipeline"]["properties"]["timeoutSeconds"]["default"]
+    assert s["poll"] == props["scaling"]["properties"]["pollIntervalSeconds"]["default"]
+    assert s["scaleDownDelay"] == props["scaling"]["properties"]["scaleDownDelaySeconds"]["default"]
+    assert builders.pool_settings({"image": "w", "scaling": {"scaleDownDelaySeconds": 0}})["scaleDownDelay"] == 0
+
+
+def test_crd_documents_every_field():
+    crd = yaml.safe_load((ROOT / "helm/pipeq/crds/workerpools.yaml").read_text())
+    version = crd["spec"]["versions"][0]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == \
+        ["Queue", "Queued", "Running", "Desired", "Ready", "Min", "Max", "Age"]
+    missing = []
+
+    def walk(node, path):
+        for name, sub in (node.get("properties") or {}).items():
+            if path + [name] not in (["apiVersion"], ["kind"], ["metadata"]) and not sub.get("description"):
+                missing.append(".".join(path + [name]))
+            walk(sub, path + [name])
+        if "items" in node:
+            walk(node["items"], path + ["[]"])
+
+    walk(version["schema"]["openAPIV3Schema"], [])
+    assert not missing, missing
+
+
+def test_pod_annotations_patch_only_what_changed():
+    busy = builders.pod_annotations({}, "abc")
+    assert busy == {"pipeq.dev/job": "abc", "controller.kubernetes.io/pod-deletion-cost": str(builders.BUSY_COST)}
+    assert builders.pod_annotations(busy, "abc") is None
+    idle = builders.pod_annotations(busy, None)
+    assert idle == {"pipeq.dev/job": None, "controller.kubernetes.io/pod-deletion-cost": str(builders.IDLE_COST)}
+    assert builders.BUSY_COST > builders.IDLE_COST
+    assert builders.pod_annotations({"controller.kubernetes.io/pod-deletion-cost": "0"}, None) is None
+
+
+def test_conditions_keep_their_transition_time():
+    first = builders.condition("RedisReachable", True, "Polled", "ok", "T1")
+    same = builders.condition("RedisReachable", True, "Polled", "ok", "T2", [first])
+    assert same["lastTransitionTime"] == "T1"
+    flipped = builders.condition("RedisReachable", False, "Unreachable", "down", "T3", [same])
+    assert flipped["lastTransitionTime"] == "T3" and flipped["status"] == "False"
+
+
+def test_scale_message():
+    assert builders.scale_message(1, 4, "7 queued, 1 running") == "scaled 1→4: 7 queued, 1 running"
