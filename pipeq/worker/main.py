@@ -34,9 +34,11 @@ from pipeq.worker import task
 
 log = logging.getLogger("pipeq.worker")
 
-# Renew the lease only if it is still ours; answer 0 when it was taken away.
+# Renew the lease only if it is still ours and has not run out (an expired lease may be
+# taken over by a clean-up at any moment); answer 0 otherwise.
 _RENEW = """
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) > tonumber(ARGV[4]) then
   redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
   return 1
@@ -71,15 +73,16 @@ class PipeqWorker(SimpleWorker):
 
         def held() -> bool:
             try:
-                return self.connection.zscore(registry_key, member) is not None
+                score = self.connection.zscore(registry_key, member)
             except redis.RedisError:
                 return False
+            return score is not None and score > time.time()
 
         def keep_lease():
             while not done.wait(self.lease_seconds / 3):
                 try:
                     with self.connection.pipeline() as p:
-                        renew(keys=[registry_key, execution.key], args=[member, time.time() + self.lease_seconds, self.lease_seconds * 2], client=p)
+                        renew(keys=[registry_key, execution.key], args=[member, time.time() + self.lease_seconds, self.lease_seconds * 2, time.time()], client=p)
                         p.expire(self.key, self.lease_seconds * 4)
                         ok = p.execute()[0]
                 except redis.RedisError as e:

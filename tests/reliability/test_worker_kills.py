@@ -25,6 +25,8 @@ JOBS, KILLS, POOL = 20, 5, 4
 
 def test_killed_workers_lose_and_duplicate_nothing(settings, workers, dataset, tmp_path):
     settings.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
+    # a lease long enough that a loaded CI machine does not stall a renewal past it
+    settings.lease_seconds, settings.retries = 5, 3
     trace = tmp_path / "trace"
     env = dict(PIPEQ_TEST_SLEEP=2, PIPEQ_TEST_TRACE=trace)
     rng = random.Random(20)
