@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -114,22 +116,26 @@ def ensure(body: kopf.Body, memo: kopf.Memo, logger) -> dict:
     name, namespace, spec = body["metadata"]["name"], body["metadata"]["namespace"], body.get("spec", {})
     kube: Kube = memo.kube
     dep_name = builders.deployment_name(name)
-    try:
-        replicas = kube.apps.read_namespaced_deployment(dep_name, namespace).spec.replicas or 0
-    except kube.ApiException as e:
-        if e.status != 404:
-            raise kopf.TemporaryError(f"reading Deployment {dep_name}: {e.reason}", delay=5)
-        replicas = builders.pool_settings(spec)["minReplicas"]
-    manifest = builders.worker_deployment(name, spec, replicas=replicas, default_redis_url=memo.redis_url)
-    kopf.adopt(manifest, owner=body)
-    try:
-        kube.apps.patch_namespaced_deployment(
-            dep_name, namespace, manifest, field_manager=FIELD_MANAGER, force=True,
-            _content_type="application/apply-patch+yaml")
-    except kube.ApiException as e:
-        if 400 <= e.status < 500 and e.status not in (409, 429):
-            raise kopf.PermanentError(f"the API server refused Deployment {dep_name}: {e.body}")
-        raise kopf.TemporaryError(f"writing Deployment {dep_name}: {e.reason}", delay=5)
+    scaler = memo.scalers.get((namespace, name))
+    # The pool's scaler must not change replicas between our read and our write, or the
+    # write would undo its scale (the applied manifest carries replicas: see builders).
+    with scaler.lock if scaler else contextlib.nullcontext():
+        try:
+            replicas = kube.apps.read_namespaced_deployment(dep_name, namespace).spec.replicas or 0
+        except kube.ApiException as e:
+            if e.status != 404:
+                raise kopf.TemporaryError(f"reading Deployment {dep_name}: {e.reason}", delay=5)
+            replicas = builders.pool_settings(spec)["minReplicas"]
+        manifest = builders.worker_deployment(name, spec, replicas=replicas, default_redis_url=memo.redis_url)
+        kopf.adopt(manifest, owner=body)
+        try:
+            kube.apps.patch_namespaced_deployment(
+                dep_name, namespace, manifest, field_manager=FIELD_MANAGER, force=True,
+                _content_type="application/apply-patch+yaml")
+        except kube.ApiException as e:
+            if 400 <= e.status < 500 and e.status not in (409, 429):
+                raise kopf.PermanentError(f"the API server refused Deployment {dep_name}: {e.body}")
+            raise kopf.TemporaryError(f"writing Deployment {dep_name}: {e.reason}", delay=5)
     logger.info("Deployment %s applied (%d replicas)", dep_name, replicas)
     return manifest
 
@@ -188,6 +194,8 @@ class PoolScaler:
         self.missing_since: float | None = None
         self.started = time.monotonic()
         self.stats: queue.QueueStats | None = None
+        #: held while deciding and scaling, and by ``ensure`` while it re-applies the Deployment
+        self.lock = threading.Lock()
 
     def connection(self, url: str) -> redis.Redis:
         if url != self.conn_url:
@@ -202,7 +210,6 @@ class PoolScaler:
         spec = dict(body.get("spec") or {})
         s = builders.pool_settings(spec)
         key = (self.namespace, self.name)
-        ns_pool = (self.namespace, self.name)
         dep = next(iter(deployments.get(key, [])), None)
         pod_list = [p for p in pods.get(key, []) if not p["deleting"]]
 
@@ -216,7 +223,7 @@ class PoolScaler:
         except (redis.RedisError, OSError) as e:
             stats, redis_ok = None, False
             self.redis_error = str(e) or type(e).__name__
-            metrics.redis_errors.labels(*ns_pool).inc()
+            metrics.redis_errors.labels(*key).inc()
         if redis_ok != self.redis_ok:
             if not redis_ok:
                 kopf.warn(body, reason="RedisUnreachable",
@@ -242,6 +249,13 @@ class PoolScaler:
             self.write_status(body, s, None, None, stats)
             return None
         self.missing_since = None
+        with self.lock:
+            decision = self.decide_and_scale(body, s, dep, pod_list, stats, redis_ok)
+        self.write_status(body, s, dep, decision, stats)
+        metrics.poll_seconds.observe(time.perf_counter() - t0)
+        return decision
+
+    def decide_and_scale(self, body, s, dep, pod_list, stats, redis_ok) -> scaling.Decision:
         current = dep["replicas"] if dep["replicas"] is not None else 1
         if self.belief and time.monotonic() - self.belief[1] < BELIEF_SECONDS:
             current = self.belief[0]
@@ -272,9 +286,6 @@ class PoolScaler:
         # 5. Replicas, only when they change, with an Event saying why.
         if decision.desired != current:
             self.scale(body, current, decision)
-
-        self.write_status(body, s, dep, decision, stats)
-        metrics.poll_seconds.observe(time.perf_counter() - t0)
         return decision
 
     def annotate_pods(self, pod_list: list[dict], busy: dict[str, str]) -> None:
@@ -358,7 +369,9 @@ class PoolScaler:
                 self.logger.warning("writing status: %s", e.reason)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10)
+# On pool deletion or operator exit: ask the loop to stop (it wakes at once from its wait),
+# and give it 2 s before kopf gives up on it.
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_backoff=2, cancellation_timeout=5)
 def autoscale(stopped: kopf.DaemonStopped, body: kopf.Body, name: str, namespace: str, memo: kopf.Memo,
               logger, pool_deployments: kopf.Index, pool_pods: kopf.Index, **_: Any) -> None:
     """Poll the pool's queue every pollIntervalSeconds until the pool goes (``body`` is live:

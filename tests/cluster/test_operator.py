@@ -1,0 +1,305 @@
+"""The WorkerPool operator on the real control plane, with real workers on the process node.
+
+One operator (``python -m pipeq.operator.main``, cluster-wide) serves the module; each test
+has its own namespace and its own queue on the session's redis-server. The workers run a
+stand-in pipeline that sleeps as long as its job's sample says ("sleep-3": 3 s), so a test
+is about scaling, not about the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from rq.job import Job
+
+from pipeq import queue
+from pipeq.redis_server import RedisServer
+from tests.support.cluster import ROOT, free_port, wait_for
+
+pytestmark = pytest.mark.cluster
+
+CRD = ROOT / "helm" / "pipeq" / "crds" / "workerpools.yaml"
+SLEEPER = """#!/usr/bin/env bash
+while [ $# -gt 0 ]; do
+  case "$1" in --outdir) outdir=$2; shift 2 ;; --sample) sample=$2; shift 2 ;; *) shift ;; esac
+done
+echo "PROGRESS 10 sleep ${sample#sleep-}"
+sleep "${sample#sleep-}"
+echo '{"sample": "x", "variants": 0}' > "$outdir/report.json"
+echo "PROGRESS 100 done"
+"""
+
+
+class Operator:
+    def __init__(self, env: dict, log: Path):
+        self.liveness = free_port()
+        self.metrics = free_port()
+        self.log = log
+        env = dict(env, PIPEQ_OPERATOR_METRICS_PORT=str(self.metrics), PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeq.operator.main", "--liveness", f"http://127.0.0.1:{self.liveness}/healthz"],
+            env=env, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def get(self, port: int, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return r.read().decode()
+
+    def alive(self) -> bool:
+        try:
+            return bool(self.get(self.liveness, "/healthz"))
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+@pytest.fixture(scope="module")
+def operator(cluster, redis_server, tmp_path_factory):
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/workerpools.pipeq.dev", "--timeout=30s")
+    op = Operator(dict(cluster.env(), PIPEQ_REDIS_URL=redis_server.url), tmp_path_factory.mktemp("operator") / "operator.log")
+    try:
+        wait_for(op.alive, timeout=30, what="the operator's liveness endpoint")
+        yield op
+    finally:
+        op.stop()
+        print("--- operator log (tail) ---\n" + op.tail())
+
+
+class Pools:
+    """Make WorkerPools in one namespace; each test gets its own queue."""
+
+    def __init__(self, cluster, namespace: str, redis_url: str, tmp: Path):
+        self.cluster, self.ns, self.redis_url, self.tmp = cluster, namespace, redis_url, tmp
+        self.script = tmp / "sleeper.sh"
+        self.script.write_text(SLEEPER)
+        self.script.chmod(0o755)
+        self.queue = f"q-{uuid.uuid4().hex[:8]}"
+        self.conn = queue.connect(redis_url)
+
+    def create(self, name: str = "pool", redis_url: str | None = None, **spec) -> dict:
+        body = {
+            "apiVersion": "pipeq.dev/v1alpha1", "kind": "WorkerPool",
+            "metadata": {"name": name},
+            "spec": {
+                "queue": self.queue, "image": "pipeq-worker:test",
+                "redis": {"url": redis_url or self.redis_url},
+                "minReplicas": 0, "maxReplicas": 4,
+                "pipeline": {"timeoutSeconds": 120},
+                "scaling": {"pollIntervalSeconds": 0.2, "scaleDownDelaySeconds": 3},
+                "env": [
+                    {"name": "PIPEQ_PIPELINE", "value": str(self.script)},
+                    {"name": "PIPEQ_DATA_DIR", "value": str(self.tmp / "data")},
+                    {"name": "PIPEQ_LEASE_SECONDS", "value": "6"},
+                    {"name": "PIPEQ_MAINTENANCE_INTERVAL", "value": "1"},
+                    {"name": "PIPEQ_KILL_GRACE", "value": "1"},
+                ],
+                **spec,
+            },
+        }
+        self.cluster.apply(body, namespace=self.ns)
+        return body
+
+    def enqueue(self, seconds: float, n: int = 1, conn=None) -> list[str]:
+        ids = []
+        for _ in range(n):
+            job_id = uuid.uuid4().hex
+            queue.enqueue_run(conn or self.conn, self.queue, job_id, {"reads": [], "reference": "r", "sample": f"sleep-{seconds}"},
+                              meta={}, retries=1, ttl=600)
+            ids.append(job_id)
+        return ids
+
+    def status(self, job_id: str, conn=None) -> str:
+        return Job.fetch(job_id, connection=conn or self.conn).get_status(refresh=True).value
+
+    def replicas(self, name: str = "pool") -> int | None:
+        r = self.cluster.kubectl("get", "deployment", f"{name}-workers", "-n", self.ns, "-o",
+                                 "jsonpath={.spec.replicas}", check=False)
+        return int(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
+
+    def pool(self, name: str = "pool") -> dict:
+        return self.cluster.get_json("workerpool", name, "-n", self.ns)
+
+    def pods(self, name: str = "pool") -> list[dict]:
+        items = self.cluster.get_json("pods", "-n", self.ns, "-l", f"pipeq.dev/pool={name}")["items"]
+        return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+    def events(self, name: str = "pool") -> list[dict]:
+        items = self.cluster.get_json("events", "-n", self.ns, "--field-selector",
+                                      f"involvedObject.kind=WorkerPool,involvedObject.name={name}")["items"]
+        return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+
+    def condition(self, type_: str, name: str = "pool") -> str | None:
+        for c in (self.pool(name).get("status") or {}).get("conditions") or []:
+            if c["type"] == type_:
+                return c["status"]
+        return None
+
+
+@pytest.fixture
+def pools(cluster, operator, namespace, redis_server, tmp_path):
+    p = Pools(cluster, namespace, redis_server.url, tmp_path)
+    yield p
+    # delete the pools while the operator runs (it removes its finalizer) and their workers go
+    cluster.kubectl("delete", "workerpools", "--all", "-n", namespace, "--timeout=60s", check=False)
+    p.conn.close()
+
+
+def test_crd_is_documented_and_validated(cluster, operator, namespace):
+    explain = cluster.kubectl("explain", "workerpool.spec").stdout
+    for field in ("queue", "redis", "image", "minReplicas", "maxReplicas", "jobsPerWorker", "pipeline",
+                  "scaling", "paused", "resources", "env", "nodeSelector", "tolerations", "volumes"):
+        assert re.search(rf"^\s+{field}\s+<", explain, re.M), field
+    assert "scale-up is immediate" in cluster.kubectl("explain", "workerpool.spec.scaling.scaleDownDelaySeconds").stdout
+    bad = cluster.kubectl("apply", "-n", namespace, "-f", "-", check=False, input=json.dumps({
+        "apiVersion": "pipeq.dev/v1alpha1", "kind": "WorkerPool", "metadata": {"name": "bad"},
+        "spec": {"image": "w", "minReplicas": 3, "maxReplicas": 2}}))
+    assert bad.returncode != 0 and "minReplicas must not exceed maxReplicas" in bad.stderr
+    bad = cluster.kubectl("apply", "-n", namespace, "-f", "-", check=False, input=json.dumps({
+        "apiVersion": "pipeq.dev/v1alpha1", "kind": "WorkerPool", "metadata": {"name": "bad"},
+        "spec": {"image": "w", "pipeline": {"timeoutSeconds": 0}}}))
+    assert bad.returncode != 0 and "timeoutSeconds" in bad.stderr
+
+
+def test_replicas_follow_the_queue_up_at_once_and_down_after_the_delay(cluster, pools, operator):
+    pools.create(maxReplicas=4, scaling={"pollIntervalSeconds": 0.2, "scaleDownDelaySeconds": 3})
+    wait_for(lambda: pools.replicas() == 0, timeout=30, what="the worker Deployment at 0 replicas")
+    wait_for(lambda: pools.condition("Ready") == "True", timeout=10, what="Ready=True")
+    assert pools.condition("RedisReachable") == "True"
+
+    t0 = time.monotonic()
+    jobs = pools.enqueue(3, n=3)
+    wait_for(lambda: pools.replicas() == 3, timeout=10, interval=0.02, what="3 replicas")
+    reaction = time.monotonic() - t0
+    assert reaction < 2.0, f"burst → replicas took {reaction:.2f}s"
+
+    # workers start, take the jobs, and their pods say which job they run
+    wait_for(lambda: sorted(p["metadata"].get("annotations", {}).get("pipeq.dev/job", "") for p in pools.pods()) == sorted(jobs),
+             timeout=30, what="each pod annotated with its job")
+    costs = {p["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"] for p in pools.pods()}
+    assert costs == {"1000"}
+
+    # the printer columns
+    table = cluster.kubectl("get", "wp", "-n", pools.ns).stdout.splitlines()
+    assert table[0].split() == ["NAME", "QUEUE", "QUEUED", "RUNNING", "DESIRED", "READY", "MIN", "MAX", "AGE"]
+    row = table[1].split()
+    assert row[:2] == ["pool", pools.queue] and row[4] == "3" and row[6:8] == ["0", "4"]
+
+    wait_for(lambda: all(pools.status(j) == "finished" for j in jobs), timeout=60, what="every job finished")
+    idle_at = time.monotonic()
+    wait_for(lambda: pools.replicas() == 0, timeout=30, what="scale-down to 0")
+    held = time.monotonic() - idle_at
+    assert held >= 3 - 1.0, f"scaled down {held:.1f}s after the queue went idle; the delay is 3s"
+
+    status = pools.pool()["status"]
+    assert status["queued"] == 0 and status["running"] == 0 and status["desired"] == 0
+    assert status["observedGeneration"] == pools.pool()["metadata"]["generation"]
+    assert re.fullmatch(r"scaled \d+→0: 0 queued, 0 running", status["lastScaleReason"])
+    messages = [e["message"] for e in pools.events() if e["reason"] == "Scaled"]
+    # the burst may be seen mid-way (0→1, then 1→3): every step says why
+    assert re.fullmatch(r"scaled 0→[123]: [123] queued, 0 running", messages[0]), messages
+    assert messages[-1].startswith("scaled 3→0: "), messages
+
+    # metrics per pool
+    text = operator.get(operator.metrics, "/metrics")
+    assert f'pipeq_pool_desired_replicas{{namespace="{pools.ns}",pool="pool"}} 0.0' in text
+    assert f'pipeq_pool_scale_events_total{{direction="up",namespace="{pools.ns}",pool="pool"}}' in text
+
+
+def test_scale_down_removes_idle_workers_and_every_job_finishes(cluster, pools):
+    pools.create(maxReplicas=4, scaling={"pollIntervalSeconds": 0.2, "scaleDownDelaySeconds": 1})
+    wait_for(lambda: pools.replicas() == 0, timeout=30, what="the worker Deployment")
+    long_job = pools.enqueue(25)[0]
+    short = pools.enqueue(2, n=3)
+    wait_for(lambda: pools.replicas() == 4, timeout=10, interval=0.05, what="4 replicas")
+
+    def busy_pod():
+        for p in pools.pods():
+            if p["metadata"].get("annotations", {}).get("pipeq.dev/job") == long_job:
+                return p["metadata"]["name"]
+    keeper = wait_for(busy_pod, timeout=30, what="the pod running the long job")
+
+    wait_for(lambda: all(pools.status(j) == "finished" for j in short), timeout=60, what="the short jobs finished")
+    wait_for(lambda: pools.replicas() == 1, timeout=20, what="scale-down to the one busy worker")
+    wait_for(lambda: [p["metadata"]["name"] for p in pools.pods()] == [keeper], timeout=30,
+             what="only the busy worker's pod left")
+    assert pools.status(long_job) == "started"
+    assert pools.pool()["status"]["busy"] == 1
+    wait_for(lambda: pools.status(long_job) == "finished", timeout=60, what="the long job finished on its worker")
+    wait_for(lambda: pools.replicas() == 0, timeout=20, what="scale to zero")
+    assert pools.status(long_job) == "finished" and all(pools.status(j) == "finished" for j in short)
+
+
+def test_paused_pool_is_left_alone_and_spec_changes_apply_live(cluster, pools):
+    pools.create(paused=True, minReplicas=0)
+    wait_for(lambda: pools.replicas() == 0, timeout=30, what="the worker Deployment")
+    job = pools.enqueue(1)[0]
+    time.sleep(1.5)  # a paused pool polls but never scales
+    assert pools.replicas() == 0
+    assert pools.pool()["status"]["queued"] == 1
+    cluster.kubectl("patch", "workerpool", "pool", "-n", pools.ns, "--type=merge", "-p", '{"spec": {"paused": false}}')
+    wait_for(lambda: pools.replicas() == 1, timeout=5, what="scale-up once unpaused")
+    wait_for(lambda: pools.status(job) == "finished", timeout=60, what="the job finished")
+    # a spec change reaches the Deployment (server-side apply) without resetting replicas
+    cluster.kubectl("patch", "workerpool", "pool", "-n", pools.ns, "--type=merge", "-p",
+                    '{"spec": {"minReplicas": 2, "pipeline": {"timeoutSeconds": 300}}}')
+    wait_for(lambda: pools.replicas() == 2, timeout=10, what="minReplicas raised to 2")
+
+    def timeout_env():
+        dep = cluster.get_json("deployment", "pool-workers", "-n", pools.ns)
+        env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+        return env.get("PIPEQ_PIPELINE_TIMEOUT") == "300" and dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 300
+    wait_for(timeout_env, timeout=10, what="the new timeout in the pod template")
+    assert pools.replicas() == 2
+
+
+def test_deleting_a_pool_garbage_collects_its_deployment(cluster, pools):
+    pools.create(minReplicas=1)
+    wait_for(lambda: len(pools.pods()) == 1, timeout=30, what="one worker pod")
+    dep = cluster.get_json("deployment", "pool-workers", "-n", pools.ns)
+    owner = dep["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner.get("controller")) == ("WorkerPool", "pool", True)
+    cluster.kubectl("delete", "workerpool", "pool", "-n", pools.ns, "--timeout=30s")
+    wait_for(lambda: pools.replicas() is None, timeout=30, what="the Deployment garbage-collected")
+    wait_for(lambda: not pools.pods(), timeout=30, what="the worker pods gone")
+
+
+def test_redis_outage_holds_replicas_and_says_so(cluster, pools, tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        conn = queue.connect(server.url)
+        pools.create(redis_url=server.url, scaling={"pollIntervalSeconds": 0.2, "scaleDownDelaySeconds": 0})
+        wait_for(lambda: pools.replicas() == 0, timeout=30, what="the worker Deployment")
+        pools.enqueue(30, n=2, conn=conn)
+        wait_for(lambda: pools.replicas() == 2, timeout=10, what="2 replicas")
+        server.stop()
+        wait_for(lambda: pools.condition("RedisReachable") == "False", timeout=10, what="RedisReachable=False")
+        time.sleep(2)  # with no delay, a blind scaler would have scaled to 0 by now
+        assert pools.replicas() == 2
+        assert any(e["type"] == "Warning" and e["reason"] == "RedisUnreachable" for e in pools.events())
+        server.start()
+        wait_for(lambda: pools.condition("RedisReachable") == "True", timeout=10, what="RedisReachable=True again")
+        assert any(e["reason"] == "RedisReachable" for e in pools.events())
+        conn.close()
+    finally:
+        server.stop()
