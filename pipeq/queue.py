@@ -53,19 +53,22 @@ def enqueue_run(
     granted for a job whose worker died; the task forfeits them when the pipeline itself fails.
     """
     q = get_queue(conn, queue_name)
-    job = q.enqueue_call(
-        TASK,
-        kwargs=kwargs,
-        job_id=job_id,
-        timeout=-1,
-        result_ttl=ttl,
-        failure_ttl=ttl,
-        meta=meta,
-        # a lost job goes back to the head of the queue: it waited its turn once already
-        retry=Retry(max=retries, enqueue_at_front=True) if retries else None,
-    )
     now = time.time()
+    # One transaction, one round trip: the job, its place in the queue and in the index
+    # (RQ alone makes two round trips, each an fsync with appendfsync always).
     with conn.pipeline() as p:
+        job = q.enqueue_call(
+            TASK,
+            kwargs=kwargs,
+            job_id=job_id,
+            timeout=-1,
+            result_ttl=ttl,
+            failure_ttl=ttl,
+            meta=meta,
+            # a lost job goes back to the head of the queue: it waited its turn once already
+            retry=Retry(max=retries, enqueue_at_front=True) if retries else None,
+            pipeline=p,
+        )
         p.zadd(JOBS_INDEX, {job_id: now})
         p.zremrangebyscore(JOBS_INDEX, 0, now - ttl)
         p.execute()
