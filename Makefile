@@ -5,12 +5,15 @@ export PYTHONPATH := $(CURDIR)
 VENV = $(shell scripts/venv.sh)
 PY = $(VENV)/bin/python
 
-.PHONY: help deps venv run test unit integration clean soak
+.PHONY: help deps browser-deps venv run test unit integration clean soak
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 deps: ## install redis-server and the pipeline's tools (Debian packages)
 	@scripts/deps.sh
+
+browser-deps: ## install Debian's chromium for the browser tests
+	@scripts/browser-deps.sh
 
 venv: ## create the cached virtualenv
 	@scripts/venv.sh >/dev/null
@@ -18,7 +21,7 @@ venv: ## create the cached virtualenv
 run: deps venv ## run pipeq on this machine: embedded Redis, the API and autoscaled local workers
 	$(PY) -m pipeq dev
 
-test: deps venv tools ## run the whole test suite (installs and starts what it needs)
+test: deps venv tools browser-deps ## run the whole test suite (installs and starts what it needs)
 	$(PY) -m pytest -q -m "not soak" tests
 
 unit: venv ## unit tests only (seconds)

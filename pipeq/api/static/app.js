@@ -1,0 +1,354 @@
+// pipeq web page: submit a run, follow it, get its results. Plain JS, no build step.
+// Routes (the job id is in the URL, so a job page can be shared and reloaded):
+//   #/            the run form
+//   #/jobs        recent jobs
+//   #/jobs/<id>   one job
+"use strict";
+
+const FINAL = new Set(["finished", "failed", "canceled", "stopped"]);
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "pipeq-token";
+
+// ---- API access: one place for the bearer token ------------------------------------------
+function authHeaders() {
+  const t = sessionStorage.getItem(TOKEN_KEY);
+  return t ? { Authorization: `Bearer ${t}` } : {};
+}
+
+let tokenAsk = null;
+function askToken(message) {
+  // one dialog at a time, however many requests got a 401
+  if (tokenAsk) return tokenAsk;
+  tokenAsk = new Promise((resolve) => {
+    const dlg = $("token-dialog");
+    $("token-error").textContent = message || "";
+    $("token-form").onsubmit = () => {
+      sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+      tokenAsk = null;
+      resolve();
+    };
+    dlg.showModal();
+    $("token").focus();
+  });
+  return tokenAsk;
+}
+
+async function api(path, options = {}) {
+  for (let tries = 0; ; tries++) {
+    const res = await fetch(path, { ...options, headers: { ...(options.headers || {}), ...authHeaders() } });
+    if (res.status !== 401 || tries > 2) return res;
+    await askToken(sessionStorage.getItem(TOKEN_KEY) ? "That token was not accepted." : "");
+  }
+}
+
+// The API's reason: {"detail": "text"} or FastAPI's {"detail": [{"loc": [...], "msg": ...}]}
+function reasons(body) {
+  const d = body && body.detail;
+  if (Array.isArray(d)) return d.map((e) => ({ field: fieldOf(e.loc || []), msg: e.msg }));
+  return [{ field: null, msg: typeof d === "string" ? d : "The server refused the request." }];
+}
+function fieldOf(loc) {
+  const name = String(loc[1] || "");
+  if (name.startsWith("reads")) return "reads";
+  if (["reference", "sample"].includes(name)) return name;
+  return null;
+}
+
+// ---- small DOM helpers: touch the page only where something changed ----------------------
+function setText(el, text) { if (el.textContent !== text) el.textContent = text; }
+function show(el, visible) { if (el.hidden === visible) el.hidden = !visible; }
+function fmtTime(iso) { return iso ? new Date(iso).toLocaleString() : ""; }
+function fmtDuration(s) {
+  s = Math.max(0, Math.round(s));
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+  return h ? `${h} h ${m} min` : m ? `${m} min ${sec} s` : `${sec} s`;
+}
+
+// ---- routing ------------------------------------------------------------------------------
+let stopPolling = () => {};
+function route() {
+  stopPolling();
+  const hash = location.hash || "#/";
+  const job = hash.match(/^#\/jobs\/([0-9a-f]{32})$/);
+  const page = job ? "job" : hash === "#/jobs" ? "jobs" : "run";
+  for (const p of ["run", "job", "jobs"]) show($(`page-${p}`), p === page);
+  document.querySelectorAll("[data-nav]").forEach((a) => {
+    if (a.dataset.nav === page) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+  });
+  if (page === "job") openJob(job[1]);
+  if (page === "jobs") openJobs();
+  document.title = page === "job" ? `pipeq · job ${job[1].slice(0, 8)}` : page === "jobs" ? "pipeq · jobs" : "pipeq";
+}
+window.addEventListener("hashchange", route);
+
+// Poll with a timer that slows down while the tab is hidden and stops at a final state.
+function poll(fn, visibleMs, hiddenMs) {
+  let timer = null, stopped = false;
+  const tick = async () => {
+    if (stopped) return;
+    let again = true;
+    try { again = await fn(); } catch (e) { /* network blip: try again */ }
+    if (!stopped && again !== false) timer = setTimeout(tick, document.hidden ? hiddenMs : visibleMs);
+  };
+  const wake = () => { if (!document.hidden && !stopped) { clearTimeout(timer); tick(); } };
+  document.addEventListener("visibilitychange", wake);
+  tick();
+  return () => { stopped = true; clearTimeout(timer); document.removeEventListener("visibilitychange", wake); };
+}
+
+// ---- the run form -------------------------------------------------------------------------
+const form = $("run-form");
+const FASTA = /\.(fa|fasta|fna)(\.gz)?$/i;
+
+function listChosen() {
+  const ul = $("reads-chosen");
+  ul.replaceChildren(...[...$("reads").files].map((f, i) => {
+    const li = document.createElement("li");
+    li.textContent = `${$("reads").files.length === 2 ? (i ? "R2: " : "R1: ") : ""}${f.name} (${(f.size / 1e6).toFixed(1)} MB)`;
+    return li;
+  }));
+}
+$("reads").addEventListener("change", () => { clearErrors("reads"); listChosen(); });
+$("reference").addEventListener("change", () => clearErrors("reference"));
+$("sample").addEventListener("input", () => clearErrors("sample"));
+
+// Drag and drop anywhere on the form: FASTA names go to the reference, the rest to reads.
+form.addEventListener("dragover", (e) => { e.preventDefault(); form.classList.add("dragging"); });
+form.addEventListener("dragleave", (e) => { if (e.target === form) form.classList.remove("dragging"); });
+form.addEventListener("drop", (e) => {
+  e.preventDefault();
+  form.classList.remove("dragging");
+  const reads = new DataTransfer(), ref = new DataTransfer();
+  for (const f of e.dataTransfer.files) (FASTA.test(f.name) ? ref : reads).items.add(f);
+  if (reads.files.length) { $("reads").files = reads.files; listChosen(); }
+  if (ref.files.length) $("reference").files = ref.files;
+  clearErrors();
+});
+
+function clearErrors(only) {
+  for (const f of ["reads", "reference", "sample"]) {
+    if (only && f !== only) continue;
+    setText($(`${f}-error`), "");
+    $(`field-${f}`).classList.remove("invalid");
+    $(f).removeAttribute("aria-invalid");
+  }
+  if (!only) setText($("form-error"), "");
+}
+function showError(field, msg) {
+  if (!field) { setText($("form-error"), msg); return; }
+  const el = $(`${field}-error`);
+  setText(el, el.textContent ? `${el.textContent} ${msg}` : msg);
+  $(`field-${field}`).classList.add("invalid");
+  $(field).setAttribute("aria-invalid", "true");
+}
+
+function checkLocally() {
+  const n = $("reads").files.length;
+  if (n < 1 || n > 2) showError("reads", "Choose one reads file (single-end) or two (paired-end).");
+  if ($("reference").files.length !== 1) showError("reference", "Choose the reference FASTA.");
+  if (!$("sample").checkValidity()) showError("sample", "Use letters, digits, '.', '_' or '-' only.");
+  return !form.querySelector(".invalid");
+}
+
+form.addEventListener("submit", (e) => {
+  e.preventDefault();
+  clearErrors();
+  if (!checkLocally()) { form.querySelector("[aria-invalid]").focus(); return; }
+  const data = new FormData();
+  for (const f of $("reads").files) data.append("reads", f);
+  data.append("reference", $("reference").files[0]);
+  if ($("sample").value) data.append("sample", $("sample").value);
+  upload(data);
+});
+
+function upload(data) {
+  const xhr = new XMLHttpRequest();
+  const bar = $("upload-progress");
+  $("submit").disabled = true;
+  show(bar, true);
+  bar.value = 0;
+  xhr.upload.onprogress = (e) => {
+    if (!e.lengthComputable) return;
+    bar.value = Math.round((e.loaded / e.total) * 100);
+    setText($("upload-text"), `Uploading… ${bar.value}%`);
+  };
+  xhr.upload.onload = () => setText($("upload-text"), "Checking the files…");
+  xhr.onloadend = async () => {
+    $("submit").disabled = false;
+    show(bar, false);
+    setText($("upload-text"), "");
+    if (xhr.status === 202) {
+      const { job_id } = JSON.parse(xhr.responseText);
+      form.reset();
+      listChosen();
+      location.hash = `#/jobs/${job_id}`;
+      return;
+    }
+    if (xhr.status === 401) { await askToken(""); upload(data); return; }
+    if (xhr.status === 0) { showError(null, "The upload did not reach the server. Is it running?"); return; }
+    let body = null;
+    try { body = JSON.parse(xhr.responseText); } catch (err) { /* not JSON */ }
+    for (const r of reasons(body)) showError(r.field, r.msg);
+    const bad = form.querySelector("[aria-invalid]");
+    if (bad) bad.focus();
+  };
+  xhr.open("POST", "/run_pipeline");
+  for (const [k, v] of Object.entries(authHeaders())) xhr.setRequestHeader(k, v);
+  xhr.send(data);
+}
+
+// ---- one job ------------------------------------------------------------------------------
+const SUMMARY = [
+  ["reads_before", "Reads in"], ["reads_after", "Reads kept"], ["percent_mapped", "% mapped"],
+  ["mean_depth", "Mean depth"], ["variants", "Variants"],
+];
+
+function openJob(id) {
+  setText($("job-id"), id);
+  for (const el of ["job-error", "job-result", "job-running", "job-position", "job-log", "job-cancel"]) show($(el), false);
+  setText($("job-status"), "…");
+  $("job-files").replaceChildren();
+  let last = null, elapsedTimer = null;
+  const tickElapsed = () => {
+    if (!last || !last.started_at) return setText($("job-elapsed"), "");
+    const end = last.ended_at ? new Date(last.ended_at) : new Date();
+    setText($("job-elapsed"), `${last.ended_at ? "ran" : "running for"} ${fmtDuration((end - new Date(last.started_at)) / 1000)}`);
+  };
+  elapsedTimer = setInterval(tickElapsed, 1000);
+  const stop = poll(async () => {
+    const res = await api(`/job_status/${id}`);
+    if (res.status === 404) { setText($("job-status"), "not found"); setText($("job-sample"), "No such job (jobs expire after a while)."); return false; }
+    if (!res.ok) return true;
+    const s = await res.json();
+    renderJob(s, last);
+    last = s;
+    tickElapsed();
+    return !FINAL.has(s.status);
+  }, 2000, 15000);
+  stopPolling = () => { stop(); clearInterval(elapsedTimer); };
+  $("job-cancel").onclick = async () => {
+    $("job-cancel").disabled = true;
+    await api(`/jobs/${id}`, { method: "DELETE" });
+    $("job-cancel").disabled = false;
+  };
+  $("job-show-log").onclick = async () => {
+    const res = await api(`/jobs/${id}/log`);
+    setText($("job-log"), res.ok ? await res.text() : "The log is not available.");
+    show($("job-log"), true);
+  };
+}
+
+function renderJob(s, prev) {
+  const badge = $("job-status");
+  setText(badge, s.status);
+  badge.className = `badge ${s.status}`;
+  setText($("job-sample"), s.sample ? `sample ${s.sample}` : "");
+  const running = s.status === "started";
+  show($("job-running"), running);
+  if (running) {
+    setText($("job-stage"), s.stage ? `Stage: ${s.stage}` : "Starting…");
+    setText($("job-percent"), s.progress != null ? `${s.progress}%` : "");
+    if (s.progress != null && $("job-progress").value !== s.progress) $("job-progress").value = s.progress;
+  }
+  show($("job-position"), s.status === "queued");
+  if (s.status === "queued") setText($("job-position"), s.position == null ? "Waiting for a worker." : s.position === 0 ? "Next in the queue." : `${s.position} job(s) ahead in the queue.`);
+  show($("job-attempt"), s.attempt > 1);
+  if (s.attempt > 1) setText($("job-attempt"), `Attempt ${s.attempt}: a worker was lost, the job was retried.`);
+  const active = !FINAL.has(s.status);
+  show($("job-cancel"), active);
+  setText($("job-cancel"), s.status === "queued" ? "Cancel" : "Stop");
+
+  show($("job-error"), !!s.error);
+  if (s.error) {
+    setText($("job-error-title"), s.status === "stopped" ? "Why it ended" : "Why it failed");
+    setText($("job-error-reason"), s.error.reason);
+    setText($("job-error-message"), s.error.message + (s.error.exit_code != null ? ` (exit code ${s.error.exit_code})` : ""));
+    setText($("job-error-tail"), s.error.stderr_tail || "(the pipeline wrote nothing to stderr)");
+  }
+  show($("job-result"), !!s.result);
+  if (s.result && !(prev && prev.result)) renderResult(s.job_id, s.result);
+}
+
+function renderResult(id, result) {
+  const dl = $("job-summary");
+  dl.replaceChildren(...SUMMARY.filter(([k]) => result.summary[k] != null).map(([k, label]) => {
+    const div = document.createElement("div");
+    const dt = document.createElement("dt"), dd = document.createElement("dd");
+    dt.textContent = label;
+    const v = result.summary[k];
+    dd.textContent = typeof v === "number" ? v.toLocaleString(undefined, { maximumFractionDigits: 2 }) : String(v);
+    div.append(dt, dd);
+    return div;
+  }));
+  const link = (name) => `/jobs/${id}/files/${encodeURIComponent(name)}`;
+  const report = $("job-report");
+  show(report.parentElement, result.files.includes("report.html"));
+  report.href = link("report.html");
+  $("job-files").replaceChildren(...result.files.map((name) => {
+    const li = document.createElement("li");
+    const a = document.createElement("a");
+    a.href = link(name);
+    a.textContent = name;
+    if (!name.endsWith(".html")) a.setAttribute("download", name);
+    li.append(a);
+    return li;
+  }));
+}
+
+// ---- the jobs list ------------------------------------------------------------------------
+let jobsLimit = 20;
+function openJobs() {
+  jobsLimit = 20;
+  const stop = poll(loadJobs, 5000, 30000);
+  stopPolling = stop;
+  $("jobs-more").onclick = () => { jobsLimit += 20; loadJobs(); };
+}
+
+async function loadJobs() {
+  const res = await api(`/jobs?limit=${jobsLimit}`);
+  if (!res.ok) return true;
+  const { jobs, total } = await res.json();
+  const body = $("jobs-body");
+  const rows = new Map([...body.children].map((tr) => [tr.dataset.id, tr]));
+  const ordered = jobs.map((j) => {
+    const tr = rows.get(j.job_id) || newRow(j.job_id);
+    const cells = tr.children;
+    setText(cells[1], j.sample || "—");
+    const badge = cells[2].firstChild;
+    setText(badge, j.status);
+    badge.className = `badge ${j.status}`;
+    setText(cells[3], fmtTime(j.enqueued_at));
+    setText(cells[4], fmtTime(j.ended_at));
+    const btn = cells[5].firstChild;
+    show(btn, !FINAL.has(j.status));
+    setText(btn, j.status === "queued" ? "Cancel" : "Stop");
+    return tr;
+  });
+  ordered.forEach((tr, i) => { if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null); });
+  while (body.children.length > ordered.length) body.lastChild.remove();
+  show($("jobs-empty"), jobs.length === 0);
+  show($("jobs-more"), total > jobs.length);
+  return true;
+}
+
+function newRow(id) {
+  const tr = document.createElement("tr");
+  tr.dataset.id = id;
+  const cells = [0, 1, 2, 3, 4, 5].map(() => document.createElement("td"));
+  const a = document.createElement("a");
+  a.href = `#/jobs/${id}`;
+  a.textContent = id.slice(0, 8);
+  a.setAttribute("aria-label", `job ${id}`);
+  cells[0].append(a);
+  const badge = document.createElement("span");
+  cells[2].append(badge);
+  const btn = document.createElement("button");
+  btn.type = "button";
+  btn.className = "link";
+  btn.onclick = async () => { btn.disabled = true; await api(`/jobs/${id}`, { method: "DELETE" }); btn.disabled = false; loadJobs(); };
+  cells[5].append(btn);
+  tr.append(...cells);
+  return tr;
+}
+
+route();

@@ -1,0 +1,88 @@
+"""Browser tests: Debian's headless chromium driven by Playwright, against a real `pipeq dev`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipeq.redis_server import free_port
+from tests.conftest import ROOT, wait_for
+from tests.support import pipelines
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SHOTS = ROOT / "docs" / "screenshots"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed: run scripts/browser-deps.sh (make test does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+def start_dev(tmp_path: Path, **env_extra) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPEQ_")}
+    env.update(PYTHONPATH=str(ROOT), PIPEQ_PORT=str(port), PIPEQ_DATA_DIR=str(tmp_path / "data"), PIPEQ_SCALE_DOWN_DELAY="1")
+    env.update({k: str(v) for k, v in env_extra.items()})
+    proc = subprocess.Popen([sys.executable, "-m", "pipeq", "dev"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            return httpx.get(base + "/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, timeout=30, what="pipeq dev")
+    return proc, base
+
+
+def stop_dev(proc):
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def dev(tmp_path):
+    """pipeq dev with the real pipeline and one worker."""
+    proc, base = start_dev(tmp_path, PIPEQ_MIN_WORKERS=1, PIPEQ_MAX_WORKERS=2)
+    yield base
+    stop_dev(proc)
+
+
+@pytest.fixture
+def slow_dev(tmp_path):
+    """pipeq dev with one worker and a 30 s stand-in pipeline: jobs stay queued behind it."""
+    slow = pipelines.write(tmp_path, "slow.sh", pipelines.SLEEPY)
+    proc, base = start_dev(tmp_path, PIPEQ_MIN_WORKERS=1, PIPEQ_MAX_WORKERS=1, PIPEQ_PIPELINE=slow, PIPEQ_TEST_SLEEP=30, PIPEQ_KILL_GRACE=1)
+    yield base
+    stop_dev(proc)
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1200, "height": 860}, accept_downloads=True)
+    pg = context.new_page()
+    yield pg
+    context.close()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)

@@ -1,0 +1,105 @@
+"""A person's use of the web page, in headless chromium: submit real files, watch the
+stage and progress, reach finished, download the VCF; see why a bad file is refused;
+cancel a queued job; find jobs in the list; reload a job's shared URL."""
+
+from __future__ import annotations
+
+import gzip
+import re
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import shot
+from tests.support.simdata import make_dataset, write_not_fastq
+
+pytestmark = pytest.mark.browser
+
+
+def test_submit_watch_and_download(page, dev, tmp_path):
+    ds = make_dataset(tmp_path / "sim", seed=3, n_snps=6, depth=60, contig_lengths=(60000, 40000))
+    page.goto(dev + "/")
+    expect(page.get_by_role("heading", name="New pipeline run")).to_be_visible()
+    page.get_by_label("Reads").set_input_files([str(p) for p in ds.reads])
+    page.get_by_label("Reference").set_input_files(str(ds.reference))
+    page.get_by_label("Sample name").fill("S7")
+    expect(page.locator("#reads-chosen li")).to_have_count(2)
+    shot(page, "1-run-form")
+    page.get_by_role("button", name="Submit run").click()
+
+    page.wait_for_url(re.compile(r"#/jobs/[0-9a-f]{32}$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    stages = set()
+    status = page.locator("#job-status")
+    for _ in range(600):
+        if page.locator("#job-stage").is_visible():
+            stages.add(page.locator("#job-stage").inner_text())
+            if len(stages) == 2:
+                shot(page, "2-running")
+        if status.inner_text() in ("finished", "failed"):
+            break
+        page.wait_for_timeout(100)
+    expect(status).to_have_text("finished", timeout=60_000)
+    assert len(stages) >= 2, f"saw only {stages}: the page should show the stage changing"
+    expect(page.locator("#job-summary")).to_contain_text("Variants")
+    expect(page.locator("#job-summary")).to_contain_text("% mapped")
+    shot(page, "3-finished")
+
+    with page.expect_download() as dl:
+        page.get_by_role("link", name="S7.vcf.gz", exact=True).click()
+    body = gzip.decompress(open(dl.value.path(), "rb").read()).decode()
+    assert all(f"\t{s.pos}\t" in body for s in ds.snps)
+    assert page.get_by_role("link", name="Open the report").get_attribute("href").endswith("/report.html")
+
+    # the URL is shareable: a fresh page on it shows the same finished job
+    page.goto(f"{dev}/#/jobs/{job_id}")
+    page.reload()
+    expect(page.locator("#job-status")).to_have_text("finished")
+
+    page.get_by_role("link", name="Jobs").click()
+    row = page.locator(f"tr[data-id='{job_id}']")
+    expect(row).to_contain_text("S7")
+    expect(row).to_contain_text("finished")
+    shot(page, "5-jobs")
+
+
+def test_bad_file_shows_the_reason_next_to_the_field(page, dev, tmp_path):
+    ds = make_dataset(tmp_path / "sim", seed=4, n_snps=2)
+    bad = write_not_fastq(tmp_path / "not_reads.fq")
+    page.goto(dev + "/")
+    page.get_by_label("Reads").set_input_files(str(bad))
+    page.get_by_label("Reference").set_input_files(str(ds.reference))
+    page.get_by_role("button", name="Submit run").click()
+    err = page.locator("#reads-error")
+    expect(err).to_contain_text("not_reads.fq")
+    expect(page.get_by_label("Reads")).to_have_attribute("aria-invalid", "true")
+    assert page.url.endswith("/")  # stayed on the form
+    shot(page, "4-rejected")
+    # the page checks what it can before uploading
+    page.get_by_label("Reads").set_input_files([])
+    page.get_by_role("button", name="Submit run").click()
+    expect(err).to_contain_text("Choose one reads file")
+
+
+def test_cancel_a_queued_job(page, slow_dev, tmp_path):
+    ds = make_dataset(tmp_path / "sim", seed=5, n_snps=2)
+    files = [("reads", (p.name, p.read_bytes())) for p in ds.reads] + [("reference", (ds.reference.name, ds.reference.read_bytes()))]
+    first = httpx.post(slow_dev + "/run_pipeline", files=files).json()["job_id"]
+    queued = httpx.post(slow_dev + "/run_pipeline", files=files).json()["job_id"]
+    page.goto(f"{slow_dev}/#/jobs/{queued}")
+    expect(page.locator("#job-status")).to_have_text("queued")
+    expect(page.locator("#job-position")).to_contain_text("Next in the queue")
+    shot(page, "2-queued")
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#job-status")).to_have_text("canceled", timeout=10_000)
+    expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+    # and the running one can be stopped from the list
+    page.goto(f"{slow_dev}/#/jobs")
+    row = page.locator(f"tr[data-id='{first}']")
+    expect(row).to_contain_text("started", timeout=10_000)
+    row.get_by_role("button", name="Stop").click()
+    expect(row).to_contain_text("stopped", timeout=20_000)
+    page.goto(f"{slow_dev}/#/jobs/{first}")
+    expect(page.locator("#job-error-reason")).to_have_text("stopped")
+    shot(page, "6-stopped")
