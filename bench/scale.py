@@ -1,0 +1,287 @@
+"""Scaling benchmark of the WorkerPool operator on the real test control plane.
+
+    $(scripts/venv.sh)/bin/python -m bench.scale [--bursts 25] [--burst-size 4] [--pools 50] [--idle-seconds 30]
+
+What it runs: etcd + kube-apiserver + kube-controller-manager and the process node
+(tests/support), a redis-server of its own, and the operator (``python -m pipeq.operator.main``)
+as a subprocess, all on this machine. Two measurements:
+
+1. Reaction. One pool (defaults from the CRD: pollIntervalSeconds 0.5; scaleDownDelaySeconds
+   0 so that each burst starts from 0 replicas). Each burst enqueues ``--burst-size`` jobs at
+   once; a watch on the pool's Deployment timestamps the first replica change (reaction) and
+   the moment spec.replicas reaches the burst size (full). Then the queue is emptied and the
+   pool goes back to 0 before the next burst, after a random pause (so bursts land at every
+   phase of the poll).
+2. Idle cost. ``--pools`` pools with minReplicas 0 and an empty queue each; after they settle,
+   over ``--idle-seconds``: Redis commands/s (INFO), API server requests/s (its
+   apiserver_request_total, minus the same window with the operator stopped), and the
+   operator's CPU.
+
+It prints a table (and writes it as JSON with ``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import redis
+
+from pipeq import queue
+from pipeq.redis_server import RedisServer
+from tests.support.cluster import ROOT, Cluster, free_port, wait_for
+from tests.support.processnode import ProcessNode, make_pipeq_shim
+
+CRD = ROOT / "helm" / "pipeq" / "crds" / "workerpools.yaml"
+SLEEPER = """#!/usr/bin/env bash
+while [ $# -gt 0 ]; do case "$1" in --outdir) outdir=$2; shift 2 ;; *) shift ;; esac; done
+echo '{"sample": "x", "variants": 0}' > "$outdir/report.json"
+"""
+
+
+def pool_manifest(name: str, q: str, redis_url: str, work: Path, **spec) -> dict:
+    return {
+        "apiVersion": "pipeq.dev/v1alpha1", "kind": "WorkerPool", "metadata": {"name": name},
+        "spec": {
+            "queue": q, "image": "pipeq-worker:bench", "redis": {"url": redis_url},
+            "minReplicas": 0, "maxReplicas": 16,
+            "env": [{"name": "PIPEQ_PIPELINE", "value": str(work / "sleeper.sh")},
+                    {"name": "PIPEQ_DATA_DIR", "value": str(work / "data")}],
+            **spec,
+        },
+    }
+
+
+def percentile(values: list[float], p: float) -> float:
+    s = sorted(values)
+    k = (len(s) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+POOL_RESOURCES = ("workerpools", "deployments", "pods", "events")
+
+
+def api_requests(cluster: Cluster) -> tuple[float, float]:
+    """API server requests so far: all of them, and those on the resources the operator
+    reads or writes (the controllers' and the node's traffic on them is nil when idle)."""
+    text = cluster.kubectl("get", "--raw", "/metrics").stdout
+    total = ours = 0.0
+    for m in re.finditer(r"^apiserver_request_total\{([^}]*)\} (\S+)$", text, re.M):
+        total += float(m.group(2))
+        if re.search(r'resource="(%s)"' % "|".join(POOL_RESOURCES), m.group(1)):
+            ours += float(m.group(2))
+    return total, ours
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Operator:
+    def __init__(self, env: dict, log: Path):
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeq.operator.main"], env=dict(env, PYTHONPATH=str(ROOT)),
+                                     cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+class ReplicaWatch:
+    """Timestamps every spec.replicas a Deployment reports, from a watch stream."""
+
+    def __init__(self, cluster: Cluster, namespace: str, name: str):
+        from kubernetes import watch
+
+        self.api = cluster.api_client()
+        self.seen: list[tuple[float, int]] = []
+        self.cond = threading.Condition()
+        self.stop_flag = False
+        self.w = watch.Watch()
+        self.ns, self.name = namespace, name
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        from kubernetes import client
+
+        apps = client.AppsV1Api(self.api)
+        while not self.stop_flag:
+            try:
+                for ev in self.w.stream(apps.list_namespaced_deployment, self.ns,
+                                        field_selector=f"metadata.name={self.name}", timeout_seconds=60):
+                    with self.cond:
+                        self.seen.append((time.time(), ev["object"].spec.replicas or 0))
+                        self.cond.notify_all()
+            except Exception:
+                time.sleep(0.1)
+
+    def wait(self, predicate, since: float, timeout: float = 20) -> float | None:
+        deadline = time.time() + timeout
+        with self.cond:
+            while True:
+                for t, r in self.seen:
+                    if t >= since and predicate(r):
+                        return t
+                left = deadline - time.time()
+                if left <= 0:
+                    return None
+                self.cond.wait(left)
+
+    def current(self) -> int | None:
+        with self.cond:
+            return self.seen[-1][1] if self.seen else None
+
+    def close(self) -> None:
+        self.stop_flag = True
+        self.w.stop()
+
+
+def bench_bursts(cluster, ns, redis_url, work, n: int, size: int) -> dict:
+    q = f"burst-{uuid.uuid4().hex[:6]}"
+    conn = queue.connect(redis_url)
+    cluster.apply(pool_manifest("burst", q, redis_url, work, scaling={"scaleDownDelaySeconds": 0}), namespace=ns)
+    watch = ReplicaWatch(cluster, ns, "burst-workers")
+    wait_for(lambda: watch.current() == 0, timeout=60, what="the burst pool's Deployment at 0")
+    reaction, full = [], []
+    for i in range(n):
+        time.sleep(random.uniform(0.5, 1.5))
+        t0 = time.time()
+        for _ in range(size):
+            queue.enqueue_run(conn, q, uuid.uuid4().hex, {"reads": [], "reference": "r"}, meta={}, retries=0, ttl=60)
+        t1 = watch.wait(lambda r: r > 0, since=t0)
+        t2 = watch.wait(lambda r: r >= size, since=t0)
+        if t1 is None or t2 is None:
+            raise SystemExit(f"burst {i}: replicas never followed (seen {watch.seen[-5:]})")
+        reaction.append(t1 - t0)
+        full.append(t2 - t0)
+        conn.delete(f"rq:queue:{q}")
+        wait_for(lambda: watch.current() == 0, timeout=60, what="the pool back at 0")
+    watch.close()
+    conn.close()
+    return {"bursts": n, "burst_size": size,
+            "reaction_p50": percentile(reaction, 50), "reaction_p95": percentile(reaction, 95),
+            "full_p50": percentile(full, 50), "full_p95": percentile(full, 95), "full_max": max(full)}
+
+
+def bench_idle(cluster, ns, redis_url, work, op: Operator, env: dict, log: Path, pools: int, seconds: float) -> dict:
+    for i in range(pools):
+        cluster.apply(pool_manifest(f"idle-{i:02d}", f"idle-{i:02d}", redis_url, work), namespace=ns)
+
+    def settled():
+        items = cluster.get_json("workerpools", "-n", ns)["items"]
+        idle = [p for p in items if p["metadata"]["name"].startswith("idle-")]
+        return len(idle) == pools and all((p.get("status") or {}).get("conditions") for p in idle)
+    wait_for(settled, timeout=120, interval=1, what=f"{pools} pools with a status")
+    time.sleep(5)
+    r = redis.Redis.from_url(redis_url)
+
+    def redis_counts():
+        info = r.info("all")
+        return info["total_commands_processed"], info.get("cmdstat_eval", {}).get("calls", 0) + info.get("cmdstat_evalsha", {}).get("calls", 0)
+
+    c0, e0, (a0, p0), cpu0, t0 = *redis_counts(), api_requests(cluster), cpu_seconds(op.proc.pid), time.time()
+    time.sleep(seconds)
+    c1, e1, (a1, p1), cpu1, t1 = *redis_counts(), api_requests(cluster), cpu_seconds(op.proc.pid), time.time()
+    dt = t1 - t0
+    # the same window without the operator: what the API server serves anyway (controllers, node)
+    op.stop()
+    time.sleep(3)
+    (b0, _), tb0 = api_requests(cluster), time.time()
+    time.sleep(seconds)
+    (b1, _), tb1 = api_requests(cluster), time.time()
+    r.close()
+    return {
+        "pools": pools, "window_s": round(dt, 1),
+        "redis_cmds_per_s": (c1 - c0 - 1) / dt,
+        "redis_round_trips_per_pool_per_s": (e1 - e0) / dt / pools,
+        "api_req_per_s_with_operator": (a1 - a0 - 1) / dt,
+        "api_req_per_s_baseline": (b1 - b0 - 1) / (tb1 - tb0),
+        "api_req_per_s_operator": (a1 - a0 - 1) / dt - (b1 - b0 - 1) / (tb1 - tb0),
+        "api_req_per_s_pool_resources": (p1 - p0) / dt,
+        "operator_cpu_percent": 100 * (cpu1 - cpu0) / dt,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bursts", type=int, default=25)
+    ap.add_argument("--burst-size", type=int, default=4)
+    ap.add_argument("--pools", type=int, default=50)
+    ap.add_argument("--idle-seconds", type=float, default=30)
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args(argv)
+
+    work = ROOT / ".cluster" / f"bench-scale-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    (work / "sleeper.sh").write_text(SLEEPER)
+    (work / "sleeper.sh").chmod(0o755)
+    cluster = Cluster(work / "cluster")
+    node = op = server = None
+    try:
+        cluster.start()
+        node = ProcessNode(cluster.kubeconfig, work / "node", path_prefix=[make_pipeq_shim(work / "shims")]).start()
+        server = RedisServer(work / "redis").start()
+        cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+        cluster.kubectl("wait", "--for=condition=Established", "crd/workerpools.pipeq.dev", "--timeout=30s")
+        cluster.kubectl("create", "namespace", "bench")
+        env = dict(cluster.env(), PIPEQ_REDIS_URL=server.url)
+        log = work / "operator.log"
+        op = Operator(env, log)
+        bursts = bench_bursts(cluster, "bench", server.url, work, args.bursts, args.burst_size)
+        cluster.kubectl("delete", "workerpool", "burst", "-n", "bench", "--timeout=60s")
+        idle = bench_idle(cluster, "bench", server.url, work, op, env, log, args.pools, args.idle_seconds)
+    finally:
+        if op:
+            op.stop()
+        if node:
+            node.stop()
+        cluster.stop()
+        if server:
+            server.stop()
+    rows = [
+        (f"burst → first replica change, p50 ({bursts['bursts']} bursts of {bursts['burst_size']})", f"{bursts['reaction_p50']:.3f} s"),
+        ("burst → first replica change, p95", f"{bursts['reaction_p95']:.3f} s"),
+        (f"burst → replicas = {bursts['burst_size']}, p50", f"{bursts['full_p50']:.3f} s"),
+        (f"burst → replicas = {bursts['burst_size']}, p95", f"{bursts['full_p95']:.3f} s"),
+        (f"burst → replicas = {bursts['burst_size']}, max", f"{bursts['full_max']:.3f} s"),
+        (f"idle, {idle['pools']} pools: Redis commands/s", f"{idle['redis_cmds_per_s']:.1f}"),
+        ("idle: Redis round trips per pool per s", f"{idle['redis_round_trips_per_pool_per_s']:.2f}"),
+        ("idle: API requests/s on workerpools, deployments, pods, events", f"{idle['api_req_per_s_pool_resources']:.2f}"),
+        ("idle: API requests/s, all, with the operator", f"{idle['api_req_per_s_with_operator']:.2f}"),
+        ("idle: API requests/s, baseline without operator", f"{idle['api_req_per_s_baseline']:.2f}"),
+        ("idle: operator CPU", f"{idle['operator_cpu_percent']:.1f} %"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  value")
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    if args.json:
+        args.json.write_text(json.dumps({"bursts": bursts, "idle": idle}, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
