@@ -13,15 +13,19 @@ from pipeq.settings import Settings
 _bearer = HTTPBearer(auto_error=False, description="Needed when the server has PIPEQ_API_TOKEN set.")
 
 
-def get_settings(request: Request) -> Settings:
+# These are async on purpose: they do no I/O, and FastAPI runs a plain-def dependency in its
+# thread pool, one hop per dependency per request (on /job_status that tripled the hops).
+
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_redis(request: Request) -> redis.Redis:
+async def get_redis(request: Request) -> redis.Redis:
     return request.app.state.redis
 
 
-def require_token(
+async def require_token(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
 ) -> None:
     """401 unless the request carries the configured token (compared in constant time)."""
