@@ -35,9 +35,12 @@ class Rejected(Exception):
     status_code=status.HTTP_202_ACCEPTED,
     response_model=jobs.Submitted,
     responses={
+        400: {"description": "The body is not valid multipart/form-data."},
+        401: {"description": "A bearer token is configured and this request lacks it."},
         413: {"description": "A file, or all files together, is larger than the server accepts."},
         422: {"description": "A file is not what it should be (the reason names the field and the problem)."},
         503: {"description": "Redis is unreachable; nothing was kept."},
+        507: {"description": "The server cannot store the uploads (disk full); nothing was kept."},
     },
     summary="Submit a pipeline run",
 )
