@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -74,6 +73,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_: Any
     settings.watching.server_timeout = 300
     # ...and the client gives up a bit later than the server would, never before it.
     settings.watching.client_timeout = 330
+    # Watch only the pools' own pods and Deployments, filtered by the API server: the
+    # indexes need nothing else, and every pod of a large cluster would cost memory and
+    # bandwidth for nothing.
+    settings.watching.label_selectors["", "v1", "pods"] = builders.POOL_LABEL
+    settings.watching.label_selectors["apps", "v1", "deployments"] = builders.POOL_LABEL
     # Fail fast on a dead API server at connect time; retries follow kopf's backoffs.
     settings.watching.connect_timeout = 10
     # Reconnect quickly after a dropped watch: missed pods mean stale deletion costs.
@@ -110,16 +114,25 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_: Any
 
 # ---------------------------------------------------------------------------- the Deployment
 
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def pool_lock(namespace: str, name: str) -> threading.Lock:
+    """One lock per pool, held by its scaler while it decides and scales and by ``ensure``
+    while it re-applies the Deployment (whichever of the two runs first)."""
+    with _locks_guard:
+        return _locks.setdefault((namespace, name), threading.Lock())
+
 
 def ensure(body: kopf.Body, memo: kopf.Memo, logger) -> dict:
     """Create or update the pool's worker Deployment, keeping its current replicas."""
     name, namespace, spec = body["metadata"]["name"], body["metadata"]["namespace"], body.get("spec", {})
     kube: Kube = memo.kube
     dep_name = builders.deployment_name(name)
-    scaler = memo.scalers.get((namespace, name))
     # The pool's scaler must not change replicas between our read and our write, or the
     # write would undo its scale (the applied manifest carries replicas: see builders).
-    with scaler.lock if scaler else contextlib.nullcontext():
+    with pool_lock(namespace, name):
         try:
             replicas = kube.apps.read_namespaced_deployment(dep_name, namespace).spec.replicas or 0
         except kube.ApiException as e:
@@ -194,8 +207,7 @@ class PoolScaler:
         self.missing_since: float | None = None
         self.started = time.monotonic()
         self.stats: queue.QueueStats | None = None
-        #: held while deciding and scaling, and by ``ensure`` while it re-applies the Deployment
-        self.lock = threading.Lock()
+        self.lock = pool_lock(namespace, name)
 
     def connection(self, url: str) -> redis.Redis:
         if url != self.conn_url:
@@ -388,6 +400,8 @@ def autoscale(stopped: kopf.DaemonStopped, body: kopf.Body, name: str, namespace
             stopped.wait(poll)
     finally:
         memo.scalers.pop((namespace, name), None)
+        with _locks_guard:
+            _locks.pop((namespace, name), None)
         metrics.forget(namespace, name)
         if scaler.conn is not None:
             scaler.conn.close()

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 
 
-def run(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> tuple[dict, bool]:
+    """The keyword arguments of ``kopf.run`` for a command line, and whether to be verbose."""
     parser = argparse.ArgumentParser(prog="pipeq operator", description="Run the WorkerPool operator.")
     parser.add_argument("--namespace", "-n", action="append", default=[],
                         help="watch this namespace (repeatable; glob patterns allowed); none: every namespace")
@@ -16,18 +17,24 @@ def run(argv: list[str] | None = None) -> int:
                         help="serve a liveness probe, e.g. http://0.0.0.0:8081/healthz")
     parser.add_argument("--verbose", "-v", action="store_true", help="log kopf's own work too")
     args = parser.parse_args(argv)
+    return dict(
+        standalone=True,  # see handlers.configure: one operator pod, no peering
+        clusterwide=not args.namespace,
+        namespaces=list(args.namespace),
+        liveness_endpoint=args.liveness,
+    ), args.verbose
+
+
+def run(argv: list[str] | None = None) -> int:
+    """``pipeq operator``: runs until SIGTERM/SIGINT; returns the exit code."""
+    kwargs, verbose = parse(argv)
 
     import kopf
 
     import pipeq.operator  # noqa: F401  (registers the handlers)
 
-    kopf.configure(verbose=args.verbose)
-    kopf.run(
-        standalone=True,  # see handlers.configure: one operator pod, no peering
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        liveness_endpoint=args.liveness,
-    )
+    kopf.configure(verbose=verbose)
+    kopf.run(**kwargs)
     return 0
 
 

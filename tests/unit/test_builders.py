@@ -145,3 +145,13 @@ def test_conditions_keep_their_transition_time():
 
 def test_scale_message():
     assert builders.scale_message(1, 4, "7 queued, 1 running") == "scaled 1→4: 7 queued, 1 running"
+
+
+def test_command_line_maps_to_kopf_run():
+    from pipeq.operator.main import parse
+
+    kwargs, verbose = parse([])
+    assert kwargs == {"standalone": True, "clusterwide": True, "namespaces": [], "liveness_endpoint": None}
+    kwargs, verbose = parse(["--namespace=a", "-n", "b", "--liveness=http://0.0.0.0:8081/healthz", "-v"])
+    assert kwargs["namespaces"] == ["a", "b"] and not kwargs["clusterwide"]
+    assert kwargs["liveness_endpoint"] == "http://0.0.0.0:8081/healthz" and verbose
