@@ -45,10 +45,13 @@ class Operator:
         self.liveness = free_port()
         self.metrics = free_port()
         self.log = log
-        env = dict(env, PIPEQ_OPERATOR_METRICS_PORT=str(self.metrics), PYTHONPATH=str(ROOT))
+        self.env = dict(env, PIPEQ_OPERATOR_METRICS_PORT=str(self.metrics), PYTHONPATH=str(ROOT))
+        self.start()
+
+    def start(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeq.operator.main", "--liveness", f"http://127.0.0.1:{self.liveness}/healthz"],
-            env=env, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+            env=self.env, cwd=ROOT, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
     def get(self, port: int, path: str) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
@@ -303,3 +306,23 @@ def test_redis_outage_holds_replicas_and_says_so(cluster, pools, tmp_path):
         conn.close()
     finally:
         server.stop()
+
+
+def test_operator_restart_resumes_pools_without_a_replica_reset(cluster, pools, operator):
+    pools.create(minReplicas=0, scaling={"pollIntervalSeconds": 0.2, "scaleDownDelaySeconds": 30})
+    wait_for(lambda: pools.replicas() == 0, timeout=30, what="the worker Deployment")
+    operator.stop()
+    try:
+        jobs = pools.enqueue(4, n=2)  # while no operator runs
+        time.sleep(0.5)
+        assert pools.replicas() == 0
+    finally:
+        operator.start()
+    wait_for(operator.alive, timeout=30, what="the operator back")
+    wait_for(lambda: pools.replicas() == 2, timeout=15, what="2 replicas after the restart")
+    # the resume handler re-applies the Deployment: it must not undo the scale
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        assert pools.replicas() == 2
+        time.sleep(0.2)
+    wait_for(lambda: all(pools.status(j) == "finished" for j in jobs), timeout=60, what="both jobs finished")
