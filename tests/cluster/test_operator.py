@@ -232,7 +232,7 @@ def test_replicas_follow_the_queue_up_at_once_and_down_after_the_delay(cluster, 
 def test_scale_down_removes_idle_workers_and_every_job_finishes(cluster, pools):
     pools.create(maxReplicas=4, scaling={"pollIntervalSeconds": 0.2, "scaleDownDelaySeconds": 1})
     wait_for(lambda: pools.replicas() == 0, timeout=30, what="the worker Deployment")
-    long_job = pools.enqueue(25)[0]
+    long_job = pools.enqueue(15)[0]
     short = pools.enqueue(2, n=3)
     wait_for(lambda: pools.replicas() == 4, timeout=10, interval=0.05, what="4 replicas")
 
