@@ -32,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--name", help="RQ worker name (default: the pod name, HOSTNAME)")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
 
-    operator = sub.add_parser("operator", help="run the WorkerPool operator (kopf)", add_help=False)
-    operator.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("operator", help="run the WorkerPool operator (kopf); `pipeq operator --help` for its options")
 
     dev = sub.add_parser("dev", help="run everything on this machine: embedded Redis, the API, autoscaled workers")
     dev.add_argument("--host")
@@ -44,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--max-workers", type=int)
     dev.add_argument("--scale-down-delay", type=float)
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["operator"]:
+        # kopf's options are the operator's own: hand them over unparsed
+        from pipeq.operator.main import run
+
+        return run(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "api":
         _env(args, host="PIPEQ_HOST", port="PIPEQ_PORT")
@@ -60,10 +65,6 @@ def main(argv: list[str] | None = None) -> int:
         from pipeq.worker import run_worker
 
         return 0 if run_worker(burst=args.burst) else 1
-    if args.command == "operator":
-        from pipeq.operator.main import run
-
-        return run(args.rest)
     if args.command == "dev":
         _env(
             args,

@@ -102,6 +102,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_: Any
     settings.networking.connect_timeout = 10
 
     memo.kube = Kube()
+    # every pool this operator has served, for releasing their finalizers on exit
+    memo.pools = set()
     # the pools' scalers by (namespace, name), for the liveness probe (per-resource memos
     # are shallow copies of this one, so they share this dict)
     memo.scalers = {}
@@ -390,6 +392,7 @@ def autoscale(stopped: kopf.DaemonStopped, body: kopf.Body, name: str, namespace
     spec changes reach the next poll)."""
     scaler = PoolScaler(namespace, name, memo, logger)
     memo.scalers[(namespace, name)] = scaler
+    memo.pools.add((namespace, name))
     try:
         while not stopped:
             try:
@@ -405,6 +408,28 @@ def autoscale(stopped: kopf.DaemonStopped, body: kopf.Body, name: str, namespace
         metrics.forget(namespace, name)
         if scaler.conn is not None:
             scaler.conn.close()
+
+
+@kopf.on.cleanup()
+def release_finalizers(memo: kopf.Memo, logger, **_: Any) -> None:
+    """On exit, take our finalizer off every pool we served.
+
+    kopf's finalizer only lets a pool's daemon stop cleanly, and with no operator running
+    there is no daemon to stop. Left in place, it would hold a pool deleted together with
+    the operator (``helm uninstall``) forever; the next operator puts it back.
+    """
+    finalizer = "pipeq.dev/operator"
+    for namespace, name in sorted(memo.get("pools") or ()):
+        try:
+            obj = memo.kube.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            kept = [f for f in obj["metadata"].get("finalizers") or [] if f != finalizer]
+            memo.kube.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name,
+                {"metadata": {"finalizers": kept, "resourceVersion": obj["metadata"]["resourceVersion"]}},
+            )
+        except memo.kube.ApiException as e:
+            if e.status not in (404, 409):
+                logger.warning("releasing the finalizer of %s/%s: %s", namespace, name, e.reason)
 
 
 @kopf.on.probe(id="pools")

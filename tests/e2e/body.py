@@ -25,14 +25,14 @@ def wait(predicate, timeout: float, what: str, interval: float = 0.5):
 
 
 def run_end_to_end(api: str, kubectl: Callable[..., str], namespace: str, pool: str, data_dir: Path,
-                   *, headers: dict | None = None, scale_down_timeout: float = 120) -> dict:
+                   *, headers: dict | None = None, scale_down_timeout: float = 120, ready_timeout: float = 120) -> dict:
     """Submit a real run, follow it to `finished`, download the VCF, and see the pool scale
     up and back down in `kubectl get/describe workerpool`. Returns what it saw."""
     from tests.support.simdata import make_dataset
 
     ds = make_dataset(data_dir, seed=5, n_snps=6)
     client = httpx.Client(base_url=api, headers=headers or {}, timeout=30)
-    wait(lambda: _ok(client, "/readyz"), 120, "the API to be ready")
+    wait(lambda: _ok(client, "/readyz"), ready_timeout, "the API to be ready")
     files = [("reads", (p.name, p.read_bytes())) for p in ds.reads] + [("reference", (ds.reference.name, ds.reference.read_bytes()))]
     r = client.post("/run_pipeline", files=files, data={"sample": "E2E"})
     assert r.status_code == 202, r.text
