@@ -7,6 +7,10 @@ and the guard kills the whole group â€” TERM, then KILL after the grace period â
 pipeline process outlives its worker. On a normal end it reaps the group's stragglers too
 and exits with the pipeline's exit code.
 
+"The group" is the guard's process group plus every descendant of the guard: the guard is a
+child subreaper (PR_SET_CHILD_SUBREAPER), so a process that leaves the group with setsid()
+(a daemonising tool) or is orphaned by a double fork stays below it and is killed as well.
+
 Usage: guard.py GRACE_SECONDS -- COMMAND [ARGS...]
 """
 
@@ -18,11 +22,14 @@ import sys
 import time
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of process group ``pgid``, this one excluded."""
-    me, found = os.getpid(), []
+    """Live (non-zombie) processes of process group ``pgid`` or below this process (which
+    is a subreaper, so orphans and setsid() escapees stay below it), this one excluded."""
+    me = os.getpid()
+    procs = {}  # pid -> (state, ppid, pgid)
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
@@ -31,10 +38,16 @@ def group_members(pgid: int) -> list[int]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        # fields[0] is the state, fields[2] the pgid
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(entry))
-    return found
+        # fields[0] is the state, fields[1] the ppid, fields[2] the pgid
+        procs[int(entry)] = (fields[0], int(fields[1]), int(fields[2]))
+    below, changed = {me}, True
+    while changed:
+        changed = False
+        for pid, (_, ppid, _) in procs.items():
+            if ppid in below and pid not in below:
+                below.add(pid)
+                changed = True
+    return [pid for pid, (state, _, group) in procs.items() if state != "Z" and (group == pgid or pid in below)]
 
 
 def kill_group(grace: float) -> None:
@@ -63,6 +76,7 @@ def main(argv: list[str]) -> int:
     parent = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
     if os.getppid() != parent:  # the worker died before prctl took effect
         kill_group(grace)
         return 137
