@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import redis
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Response, UploadFile, status
 
 from pipeq import jobs, queue, storage
 from pipeq.api.deps import get_redis, get_settings, require_token
@@ -126,8 +126,11 @@ def _store_and_check(settings: Settings, incoming: Path, reads: list[UploadFile]
     responses={404: {"description": "No such job (or it expired)."}},
     summary="A job's state, progress, result or error",
 )
-def job_status(job_id: str, conn: redis.Redis = Depends(get_redis)) -> jobs.JobStatus:
-    return status_of(conn, job_id)
+def job_status(job_id: str, conn: redis.Redis = Depends(get_redis)) -> Response:
+    # JSON straight from the model: returned as a model, FastAPI would dump it, validate it
+    # again against response_model and serialise it (the OpenAPI schema still comes from
+    # response_model)
+    return Response(status_of(conn, job_id).model_dump_json(), media_type="application/json")
 
 
 def status_of(conn: redis.Redis, job_id: str) -> jobs.JobStatus:
