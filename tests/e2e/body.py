@@ -4,24 +4,18 @@ and `make e2e-kind` (scripts/e2e-kind.sh): only HTTP to the API and kubectl."""
 from __future__ import annotations
 
 import gzip
-import time
 from pathlib import Path
 from typing import Callable
 
 import httpx
 
+from tests.support.waiting import wait_for
+
 FINAL = ("finished", "failed", "canceled", "stopped")
 
 
 def wait(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    return wait_for(predicate, timeout=timeout, interval=interval, what=what)
 
 
 def run_end_to_end(api: str, kubectl: Callable[..., str], namespace: str, pool: str, data_dir: Path,

@@ -40,6 +40,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.support.waiting import wait_for  # noqa: F401  (re-exported for the cluster tests)
+
 ROOT = Path(__file__).resolve().parents[2]
 SETPRIV = shutil.which("setpriv")
 
@@ -48,17 +50,6 @@ class ClusterError(RuntimeError):
     pass
 
 
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
-    """Poll ``predicate`` until it returns something truthy (returned); AssertionError after
-    ``timeout`` seconds, naming ``what`` and the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
-        time.sleep(interval)
 
 
 def free_port() -> int:
