@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -21,6 +23,7 @@ from tests.support import pipelines
 pytestmark = [pytest.mark.reliability, pytest.mark.soak]
 
 CLIENTS = 50
+WARMUP = 10.0  # seconds of load before the first memory reading
 FQ = b"".join(b"@r%d\nACGTACGTAC\n+\nIIIIIIIIII\n" % i for i in range(200))
 FA = b">c\n" + b"ACGT" * 200 + b"\n"
 
@@ -41,18 +44,32 @@ def test_soak(tmp_path):
         PIPEQ_PIPELINE=str(pipelines.write(tmp_path, "fast.sh", pipelines.SLEEPY)), PIPEQ_TEST_SLEEP="0.05",
         PIPEQ_MIN_WORKERS="2", PIPEQ_MAX_WORKERS="4",
     )
-    dev = subprocess.Popen([sys.executable, "-m", "pipeq", "dev"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dev_log = open(tmp_path / "dev.log", "wb")
+    dev = subprocess.Popen([sys.executable, "-m", "pipeq", "dev"], env=env, cwd=tmp_path, stdout=dev_log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _ready(base), timeout=30, what="pipeq dev")
         api_pid = pipelines.processes_matching("pipeq api", env=str(tmp_path))[0]
-        for _ in range(20):  # warm up before the first memory reading
-            httpx.post(base + "/run_pipeline", files=[("reads", ("r.fq", FQ)), ("reference", ("r.fa", FA))])
+        # warm up at full concurrency (thread pool, buffers, connections) before the first
+        # memory reading: growth after that is what a leak would show
+        asyncio.run(_load(base, WARMUP, {"submit": [], "status": []}, []))
         rss_start = rss_kib(api_pid)
         lat = {"submit": [], "status": []}
         errors: list[str] = []
+        samples: list[int] = []
+        sampling = threading.Event()
+
+        def sample():
+            while not sampling.wait(seconds / 6):
+                samples.append(rss_kib(api_pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         asyncio.run(_load(base, seconds, lat, errors))
-        rss_end = rss_kib(api_pid)
+        sampling.set()
+        sampler.join()
+        api_alive = api_pid in pipelines.processes_matching("pipeq api", env=str(tmp_path))
+        rss_end = rss_kib(api_pid) if api_alive else 0
     finally:
         dev.send_signal(signal.SIGINT)
         dev.wait(timeout=60)
@@ -61,10 +78,18 @@ def test_soak(tmp_path):
         return statistics.quantiles(xs, n=100)[p - 1] * 1000 if len(xs) > 2 else float("nan")
 
     total = len(lat["submit"]) + len(lat["status"])
+    kinds = collections.Counter(e.split(" after")[0] for e in errors)
     print(f"\nsoak: {CLIENTS} clients, {seconds:.0f}s, {total} requests, {total / seconds:.1f} req/s, errors {len(errors)}")
     for kind, xs in lat.items():
         print(f"  {kind:7s} n={len(xs):6d} p50={pct(xs, 50):6.1f} ms p99={pct(xs, 99):6.1f} ms")
+    if errors:
+        print(f"  errors by kind: {dict(kinds)}; first at {errors[0]}")
+    print("  API RSS during the soak (MiB): " + ", ".join(f"{x / 1024:.1f}" for x in samples))
     print(f"  API RSS start {rss_start / 1024:.1f} MiB, end {rss_end / 1024:.1f} MiB ({(rss_end / rss_start - 1) * 100:+.1f}%)")
+    if errors:
+        tail = (tmp_path / "dev.log").read_text(errors="replace").splitlines()
+        print("  pipeq dev log (errors):\n" + "\n".join([ln for ln in tail if "rror" in ln or "Traceback" in ln][-30:]))
+    assert api_alive, "the API process died during the soak"
     assert errors == [], errors[:5]
     assert rss_end <= rss_start * 1.2
 
@@ -78,13 +103,19 @@ def _ready(base):
 
 async def _load(base, seconds, lat, errors):
     deadline = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=CLIENTS)
+    # keep-alive shorter than uvicorn's 5 s: at equal values a reused connection can be the one
+    # the server is closing just then (a client-side ReadError, not a server fault)
+    limits = httpx.Limits(max_connections=CLIENTS, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
 
         async def one_client():
             while time.monotonic() < deadline:
                 t = time.perf_counter()
-                r = await client.post("/run_pipeline", files=[("reads", ("r.fq", FQ)), ("reference", ("r.fa", FA))])
+                try:
+                    r = await client.post("/run_pipeline", files=[("reads", ("r.fq", FQ)), ("reference", ("r.fa", FA))])
+                except httpx.HTTPError as e:
+                    errors.append(f"submit {type(e).__name__} after {time.perf_counter() - t:.2f}s")
+                    continue
                 lat["submit"].append(time.perf_counter() - t)
                 if r.status_code != 202:
                     errors.append(f"submit {r.status_code} {r.text[:100]}")
@@ -92,7 +123,11 @@ async def _load(base, seconds, lat, errors):
                 url = r.json()["status_url"]
                 for _ in range(3):
                     t = time.perf_counter()
-                    s = await client.get(url)
+                    try:
+                        s = await client.get(url)
+                    except httpx.HTTPError as e:
+                        errors.append(f"status {type(e).__name__} after {time.perf_counter() - t:.2f}s")
+                        continue
                     lat["status"].append(time.perf_counter() - t)
                     if s.status_code != 200:
                         errors.append(f"status {s.status_code}")

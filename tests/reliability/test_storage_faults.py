@@ -67,3 +67,44 @@ def test_full_disk_in_the_worker_fails_the_job_with_the_reason(settings, workers
         assert "no space left" in text, s["error"]
         os.remove(small_disk / "filler")
         assert client.get("/readyz").status_code == 200
+
+
+@pytest.fixture
+def read_only_later(small_disk):
+    """The small tmpfs, and a function that remounts it read-only (root ignores chmod, so
+    a read-only mount is how an unwritable data folder is made here)."""
+
+    def make_read_only():
+        subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+
+    yield small_disk, make_read_only
+    subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=False)
+
+
+def test_unwritable_data_folder_at_upload_is_507_and_api_stays_up(settings, conn, dataset, read_only_later):
+    mnt, make_read_only = read_only_later
+    settings.data_dir = mnt / "data"
+    with TestClient(create_app(settings)) as client:
+        make_read_only()
+        r = client.post("/run_pipeline", files=_files(dataset))
+        print(f"\nread-only data folder at upload: {r.status_code} {r.json()['detail']}")
+        assert r.status_code == 507 and "read-only file system" in r.json()["detail"].lower(), r.text
+        assert conn.llen(f"rq:queue:{settings.queue}") == 0 and conn.keys("rq:job:*") == []
+        assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+        assert client.get("/jobs").status_code == 200
+
+
+def test_unwritable_data_folder_in_the_worker_fails_the_job_with_the_reason(settings, workers, dataset, tmp_path, read_only_later):
+    mnt, make_read_only = read_only_later
+    settings.data_dir = mnt / "data"
+    settings.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
+    with TestClient(create_app(settings)) as client:
+        job_id = client.post("/run_pipeline", files=_files(dataset)).json()["job_id"]
+        make_read_only()
+        workers.start(PIPEQ_TEST_SLEEP=0)
+        s = wait_for(lambda: (s := client.get(f"/job_status/{job_id}").json())["status"] in ("finished", "failed") and s, timeout=30, what="the job to end")
+        print(f"\nread-only data folder in the worker: {s['status']}, {s['error']['reason']}: {s['error']['message']}")
+        assert s["status"] == "failed" and s["error"]["reason"] == "storage error", s["error"]
+        assert "read-only file system" in s["error"]["message"].lower(), s["error"]
+        assert s["attempt"] == 1  # not retried: the next attempt would fail the same way
+        assert client.get("/readyz").status_code == 200

@@ -43,6 +43,7 @@ def test_killed_workers_lose_and_duplicate_nothing(settings, workers, dataset, t
 
         alive = [spawn() for _ in range(POOL)]
         kills: list[tuple[str, float]] = []  # (job_id, time of the kill)
+        gone = defaultdict(list)  # job_id -> when the killed attempts' processes were all gone
         while len(kills) < KILLS:
             time.sleep(rng.uniform(0.3, 1.5))
             stats = queue.queue_stats(client.app.state.redis, settings.queue).busy
@@ -54,7 +55,13 @@ def test_killed_workers_lose_and_duplicate_nothing(settings, workers, dataset, t
             proc = workers.procs[name]
             os.kill(proc.pid, signal.SIGKILL)  # the worker alone, as the OOM killer would
             proc.wait()
-            kills.append((job_id, time.time()))
+            at = time.time()
+            # the guard must now kill that attempt's pipeline (nothing else does)
+            attempt = client.get(f"/job_status/{job_id}").json()["attempt"]
+            wait_for(lambda: not pipelines.processes_matching(f"{job_id}/work/attempt-{attempt}"),
+                     timeout=settings.kill_grace + 5, interval=0.05, what="the killed worker's pipeline to die")
+            kills.append((job_id, at))
+            gone[job_id].append(time.time())
             alive.remove(proc)
             alive.append(spawn())
 
@@ -71,14 +78,17 @@ def test_killed_workers_lose_and_duplicate_nothing(settings, workers, dataset, t
         job_id = re.search(r"/jobs/([0-9a-f]{32})/", outdir).group(1)
         (starts if kind == "start" else ends)[job_id].append(float(ts))
     duplicated = [i for i in ids if len(ends[i]) > 1]
+    # no two attempts at once: each start after a kill came after the killed attempt was gone
+    overlapping = [j for j, at in kills if any(at < t < min(g for g in gone[j] if g >= at) for t in starts[j])]
     recoveries = []
     for job_id, at in kills:
         later = [t for t in starts[job_id] if t > at]
         recoveries.append(min(later) - at if later else float("inf"))
 
-    print(f"\n{len(finished)}/{JOBS} finished, {JOBS - len(finished)} lost, {len(duplicated)} duplicated")
+    print(f"\n{len(finished)}/{JOBS} finished, {JOBS - len(finished)} lost, {len(duplicated)} duplicated, {len(overlapping)} overlapping")
+    print("killed attempt's pipeline gone after: " + ", ".join(f"{min(g for g in gone[j] if g >= at) - at:.2f}s" for j, at in kills))
     print("recovery of each killed job (kill → next start): " + ", ".join(f"{r:.1f}s" for r in recoveries))
     assert len(finished) == JOBS, {i: s["status"] for i, s in statuses.items() if s["status"] != "finished"}
-    assert duplicated == []
+    assert duplicated == [] and overlapping == []
     assert all(statuses[j]["attempt"] >= 2 for j, _ in kills)
     assert max(recoveries) <= 60

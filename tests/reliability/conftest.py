@@ -1,0 +1,41 @@
+"""Markers of the reliability suite, and the gate that keeps the soak out of ordinary runs.
+
+- ``reliability``: the fault, bad-input and security tests (part of ``make test``; together
+  well under two minutes).
+- ``soak``: the two-minute load soak. It runs only when asked for: ``make soak``
+  (``-m soak``) or ``PIPEQ_SOAK=1``; any other run skips it, so ``make test`` and a plain
+  ``pytest tests/reliability`` stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "reliability: fault, bad-input and security suite")
+    config.addinivalue_line("markers", "soak: long load test, run by make soak (or PIPEQ_SOAK=1) only")
+
+
+def _soak_asked_for(config) -> bool:
+    if os.environ.get("PIPEQ_SOAK") == "1":
+        return True
+    expr = (config.getoption("markexpr", default="") or "").replace(" ", "")
+    return "soak" in expr and "notsoak" not in expr
+
+
+def pytest_collection_modifyitems(config, items):
+    if _soak_asked_for(config):
+        return
+    skip = pytest.mark.skip(reason="the soak runs only with `make soak` (-m soak) or PIPEQ_SOAK=1")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
+
+
+# The control-plane fixtures of tests/cluster, for test_scale_down.py and test_rbac.py; built
+# only when one of those tests runs (a second control plane when tests/cluster runs in the
+# same session).
+from tests.cluster.conftest import cluster, namespace  # noqa: E402,F401
