@@ -1,0 +1,16 @@
+# Benchmarks (issue 8): pipeq against the plain FastAPI + RQ app in bench/baseline/, in one run.
+# Tables on stdout and in bench/results/tables.md, figures in bench/results/*.png; see docs/benchmarks.md.
+.PHONY: bench bench-deps bench-quick bench-profile
+
+bench-deps:
+	@PIPEQ_EXTRA_DEBS=wrk scripts/deps.sh
+
+bench: deps venv bench-deps ## benchmarks against plain FastAPI + RQ: submission, status, dispatch, fleet, history (~7 min)
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-quick: deps venv bench-deps ## a one-minute smoke run of the benchmarks (figures not for quoting)
+	$(PY) -m bench.run --quick --out bench/out
+
+bench-profile: venv ## pyinstrument profiles of the API's submission and status paths (bench/results/profile-*.txt)
+	$(PY) -m bench.profile_api --path submit --out bench/results/profile-submit.txt
+	$(PY) -m bench.profile_api --path status --out bench/results/profile-status.txt
