@@ -52,7 +52,9 @@ PRUNE_INTERVAL = 600.0
 
 class PipeqWorker(SimpleWorker):
     lease_seconds = 15
-    _last_pruned = float("-inf")
+    # the first prune waits one interval: a fresh worker (scale-up) takes jobs at once
+    # instead of scanning every job folder first
+    _last_pruned = 0.0
 
     @property
     def dequeue_timeout(self) -> int:
@@ -118,7 +120,9 @@ class PipeqWorker(SimpleWorker):
 
     def run_maintenance_tasks(self):
         super().run_maintenance_tasks()
-        if time.monotonic() - self._last_pruned > PRUNE_INTERVAL:
+        if not self._last_pruned:
+            self._last_pruned = time.monotonic()
+        elif time.monotonic() - self._last_pruned > PRUNE_INTERVAL:
             self._last_pruned = time.monotonic()
             settings = get_settings()
             removed = storage.prune(
