@@ -86,3 +86,15 @@ def page(browser):
 def shot(page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+TOKEN = "browser-test-token"
+
+
+@pytest.fixture
+def failing_dev(tmp_path):
+    """pipeq dev behind a bearer token, with a pipeline that fails in its second stage."""
+    bad = pipelines.write(tmp_path, "failing.sh", pipelines.FAILING)
+    proc, base = start_dev(tmp_path, PIPEQ_MIN_WORKERS=1, PIPEQ_MAX_WORKERS=1, PIPEQ_PIPELINE=bad, PIPEQ_RETRIES=0, PIPEQ_API_TOKEN=TOKEN)
+    yield base
+    stop_dev(proc)

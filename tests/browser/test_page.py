@@ -45,6 +45,9 @@ def test_submit_watch_and_download(page, dev, tmp_path):
     expect(page.locator("#job-summary")).to_contain_text("Variants")
     expect(page.locator("#job-summary")).to_contain_text("% mapped")
     shot(page, "3-finished")
+    page.set_viewport_size({"width": 390, "height": 844})
+    shot(page, "3-finished-narrow")
+    page.set_viewport_size({"width": 1200, "height": 860})
 
     with page.expect_download() as dl:
         page.get_by_role("link", name="S7.vcf.gz", exact=True).click()
@@ -103,3 +106,38 @@ def test_cancel_a_queued_job(page, slow_dev, tmp_path):
     page.goto(f"{slow_dev}/#/jobs/{first}")
     expect(page.locator("#job-error-reason")).to_have_text("stopped")
     shot(page, "6-stopped")
+
+
+def test_token_asked_once_and_failure_explained(page, failing_dev, tmp_path):
+    """With PIPEQ_API_TOKEN set the page asks for the token once (at the first 401) and sends
+    it from then on; a failed run shows its reason, the tail of stderr and the whole log."""
+    from tests.browser.conftest import TOKEN
+
+    ds = make_dataset(tmp_path / "sim", seed=6, n_snps=2)
+    asked = []
+    page.on("request", lambda r: asked.append(r.headers.get("authorization")) if "/job_status/" in r.url else None)
+    page.goto(failing_dev + "/")
+    page.get_by_label("Reads").set_input_files([str(p) for p in ds.reads])
+    page.get_by_label("Reference").set_input_files(str(ds.reference))
+    page.get_by_role("button", name="Submit run").click()
+
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_be_visible()
+    shot(page, "7-token")
+    dialog.get_by_label("Token").fill(TOKEN)
+    dialog.get_by_role("button", name="Use token").click()
+    page.wait_for_url(re.compile(r"#/jobs/[0-9a-f]{32}$"))
+
+    expect(page.locator("#job-status")).to_have_text("failed", timeout=30_000)
+    expect(page.locator("#job-error-tail")).to_contain_text("something went wrong in stage two")
+    expect(page.locator("#job-error-message")).to_contain_text("code 5")
+    page.get_by_role("button", name="Show the full log").click()
+    expect(page.locator("#job-log")).to_contain_text("PROGRESS 10 work")
+    shot(page, "8-failed")
+    assert asked and all(h == f"Bearer {TOKEN}" for h in asked)
+
+    # the jobs list works with the stored token: no second question
+    page.get_by_role("link", name="Jobs").click()
+    expect(page.locator("#jobs-body tr")).to_have_count(1)
+    expect(page.locator("#jobs-body")).to_contain_text("failed")
+    expect(dialog).to_be_hidden()

@@ -210,6 +210,9 @@ function openJob(id) {
   $("job-files").replaceChildren();
   let last = null, elapsedTimer = null;
   const tickElapsed = () => {
+    if (last && !last.started_at && last.enqueued_at && !FINAL.has(last.status)) {
+      return setText($("job-elapsed"), `waiting for ${fmtDuration((new Date() - new Date(last.enqueued_at)) / 1000)}`);
+    }
     if (!last || !last.started_at) return setText($("job-elapsed"), "");
     const end = last.ended_at ? new Date(last.ended_at) : new Date();
     setText($("job-elapsed"), `${last.ended_at ? "ran" : "running for"} ${fmtDuration((end - new Date(last.started_at)) / 1000)}`);
@@ -262,7 +265,7 @@ function renderJob(s, prev) {
   if (s.error) {
     setText($("job-error-title"), s.status === "stopped" ? "Why it ended" : "Why it failed");
     setText($("job-error-reason"), s.error.reason);
-    setText($("job-error-message"), s.error.message + (s.error.exit_code != null ? ` (exit code ${s.error.exit_code})` : ""));
+    setText($("job-error-message"), s.error.message + (s.error.exit_code != null && !s.error.message.includes(`code ${s.error.exit_code}`) ? ` (exit code ${s.error.exit_code})` : ""));
     setText($("job-error-tail"), s.error.stderr_tail || "(the pipeline wrote nothing to stderr)");
   }
   show($("job-result"), !!s.result);
@@ -284,15 +287,39 @@ function renderResult(id, result) {
   const report = $("job-report");
   show(report.parentElement, result.files.includes("report.html"));
   report.href = link("report.html");
+  report.onclick = withToken;
   $("job-files").replaceChildren(...result.files.map((name) => {
     const li = document.createElement("li");
     const a = document.createElement("a");
     a.href = link(name);
     a.textContent = name;
-    if (!name.endsWith(".html")) a.setAttribute("download", name);
+    if (name.endsWith(".html")) { a.target = "_blank"; a.rel = "noopener"; } else a.setAttribute("download", name);
+    a.onclick = withToken;
     li.append(a);
     return li;
   }));
+}
+
+// A plain link sends no Authorization header: with a token, fetch the file with it and hand
+// the browser a blob (a download, or the report in a new tab). Without one, the link as is.
+async function withToken(e) {
+  if (!sessionStorage.getItem(TOKEN_KEY)) return;
+  e.preventDefault();
+  const a = e.currentTarget;
+  const tab = a.hasAttribute("download") ? null : window.open("", "_blank");  // opened now, while the click counts
+  const res = await api(a.getAttribute("href"));
+  if (!res.ok) { if (tab) tab.close(); setText($("job-files-error"), `Could not fetch ${a.textContent} (HTTP ${res.status}).`); return; }
+  const blob = await res.blob();
+  const url = URL.createObjectURL(a.hasAttribute("download") ? blob : new Blob([blob], { type: "text/html" }));
+  if (tab) { tab.location = url; } else {
+    const tmp = document.createElement("a");
+    tmp.href = url;
+    tmp.download = a.getAttribute("download") || a.textContent;
+    document.body.append(tmp);
+    tmp.click();
+    tmp.remove();
+  }
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 // ---- the jobs list ------------------------------------------------------------------------
