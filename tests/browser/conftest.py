@@ -93,8 +93,11 @@ TOKEN = "browser-test-token"
 
 @pytest.fixture
 def failing_dev(tmp_path):
-    """pipeq dev behind a bearer token, with a pipeline that fails in its second stage."""
-    bad = pipelines.write(tmp_path, "failing.sh", pipelines.FAILING)
-    proc, base = start_dev(tmp_path, PIPEQ_MIN_WORKERS=1, PIPEQ_MAX_WORKERS=1, PIPEQ_PIPELINE=bad, PIPEQ_RETRIES=0, PIPEQ_API_TOKEN=TOKEN)
+    """pipeq dev behind a bearer token, with a pipeline that fails for sample "boom"."""
+    # sample "boom" fails in its second stage; any other sample finishes quickly
+    body = pipelines.HEADER + '[ "${sample:-}" = boom ] && { echo "PROGRESS 10 work"; echo "something went wrong in stage two" >&2; exit 5; }\n' \
+        + pipelines.SLEEPY.split(pipelines.HEADER, 1)[1]
+    bad = pipelines.write(tmp_path, "failing.sh", body)
+    proc, base = start_dev(tmp_path, PIPEQ_MIN_WORKERS=1, PIPEQ_MAX_WORKERS=1, PIPEQ_PIPELINE=bad, PIPEQ_RETRIES=0, PIPEQ_TEST_SLEEP=0, PIPEQ_API_TOKEN=TOKEN)
     yield base
     stop_dev(proc)

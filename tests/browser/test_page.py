@@ -119,6 +119,7 @@ def test_token_asked_once_and_failure_explained(page, failing_dev, tmp_path):
     page.goto(failing_dev + "/")
     page.get_by_label("Reads").set_input_files([str(p) for p in ds.reads])
     page.get_by_label("Reference").set_input_files(str(ds.reference))
+    page.get_by_label("Sample name").fill("boom")
     page.get_by_role("button", name="Submit run").click()
 
     dialog = page.get_by_role("dialog")
@@ -141,3 +142,31 @@ def test_token_asked_once_and_failure_explained(page, failing_dev, tmp_path):
     expect(page.locator("#jobs-body tr")).to_have_count(1)
     expect(page.locator("#jobs-body")).to_contain_text("failed")
     expect(dialog).to_be_hidden()
+
+    # a finished job's files download behind the token too (a plain link would get a 401)
+    page.get_by_role("link", name="New run").click()
+    page.get_by_label("Reads").set_input_files([str(p) for p in ds.reads])
+    page.get_by_label("Reference").set_input_files(str(ds.reference))
+    page.get_by_role("button", name="Submit run").click()
+    page.wait_for_url(re.compile(r"#/jobs/[0-9a-f]{32}$"))
+    expect(page.locator("#job-status")).to_have_text("finished", timeout=30_000)
+    with page.expect_download() as dl:
+        page.get_by_role("link", name="result.txt", exact=True).click()
+    assert open(dl.value.path()).read() == "result\n"
+    assert dl.value.suggested_filename == "result.txt"
+    expect(dialog).to_be_hidden()
+
+
+def test_drop_files_on_the_form(page, dev):
+    """Dropped files go where they belong: FASTA names to the reference, the rest to reads."""
+    page.goto(dev + "/")
+    page.evaluate("""() => {
+      const dt = new DataTransfer();
+      for (const name of ["s_R1.fq.gz", "s_R2.fq.gz", "genome.fa"]) dt.items.add(new File(["x"], name));
+      const form = document.getElementById("run-form");
+      form.dispatchEvent(new DragEvent("dragover", { dataTransfer: dt, bubbles: true, cancelable: true }));
+      form.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+    }""")
+    expect(page.locator("#reads-chosen li")).to_have_count(2)
+    assert page.eval_on_selector("#reads", "el => [...el.files].map(f => f.name)") == ["s_R1.fq.gz", "s_R2.fq.gz"]
+    assert page.eval_on_selector("#reference", "el => [...el.files].map(f => f.name)") == ["genome.fa"]
