@@ -26,9 +26,16 @@ def test_submit_watch_and_download(page, dev, tmp_path):
     page.get_by_label("Sample name").fill("S7")
     expect(page.locator("#reads-chosen li")).to_have_count(2)
     shot(page, "1-run-form")
+    # a slow uplink, so the upload's progress can be seen
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 1_500_000})
     page.get_by_role("button", name="Submit run").click()
-
+    expect(page.locator("#upload-text")).to_contain_text("Uploading", timeout=5_000)
+    expect(page.get_by_role("button", name="Submit run")).to_be_disabled()
+    shot(page, "1-uploading")
     page.wait_for_url(re.compile(r"#/jobs/[0-9a-f]{32}$"))
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
     job_id = page.url.rsplit("/", 1)[1]
     stages = set()
     status = page.locator("#job-status")
