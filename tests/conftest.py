@@ -16,6 +16,9 @@ from tests.support.waiting import wait_for  # noqa: F401  (re-exported for the t
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# one control plane per session for every directory that needs it
+pytest_plugins = ["tests.support.cluster_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):

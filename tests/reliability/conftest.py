@@ -33,9 +33,3 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "soak" in item.keywords:
             item.add_marker(skip)
-
-
-# The control-plane fixtures of tests/cluster, for test_scale_down.py and test_rbac.py; built
-# only when one of those tests runs (a second control plane when tests/cluster runs in the
-# same session).
-from tests.cluster.conftest import cluster, namespace  # noqa: E402,F401
