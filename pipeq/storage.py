@@ -28,6 +28,18 @@ def job_dir(data_dir: Path, job_id: str) -> Path:
     return jobs_root(data_dir) / job_id
 
 
+def filename_problem(name: str) -> str | None:
+    """Why an upload's file name is refused, or None. A browser sends a bare name; a path,
+    ``..``, NUL or control characters, or invisible format characters (such as a
+    right-to-left override that disguises an extension) are tricks, not names."""
+    if "/" in name or "\\" in name or name in (".", ".."):
+        return "the file name must not contain a path"
+    for ch in name:
+        if unicodedata.category(ch) in ("Cc", "Cf"):
+            return f"the file name contains a control or invisible character (U+{ord(ch):04X})"
+    return None
+
+
 def sanitize_filename(name: str, fallback: str) -> str:
     """A safe base name for an upload: no directories, no control or exotic characters.
 

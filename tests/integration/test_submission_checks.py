@@ -70,10 +70,18 @@ def test_too_large_is_413(client, settings, conn):
 
 
 def test_stored_names_are_sanitized(client, settings, conn):
-    r = post(client, [("../../evil name.fq", FASTQ), ("../../evil name.fq", FASTQ)], reference=("/etc/passwd", FASTA))
+    r = post(client, [("évil name.fq", FASTQ), ("évil name.fq", FASTQ)], reference=("ref (1).fa", FASTA))
     assert r.status_code == 202, r.text
     inputs = settings.data_dir / "jobs" / r.json()["job_id"] / "inputs"
-    assert sorted(p.name for p in inputs.iterdir()) == ["_evil_name.fq", "evil_name.fq", "passwd"]
+    assert sorted(p.name for p in inputs.iterdir()) == ["_evil_name.fq", "evil_name.fq", "ref_1_.fa"]
+
+
+@pytest.mark.parametrize("name", ["../../evil.fq", "/etc/passwd", "a\\b.fq", "..", "x\u202eqf.exe"])
+def test_path_and_control_characters_in_names_are_refused(client, settings, conn, name):
+    r = post(client, [(name, FASTQ)])
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", "reads"] and "file name" in r.json()["detail"][0]["msg"]
+    nothing_left(settings, conn)
 
 
 def test_redis_unreachable_is_503_and_leaves_nothing(tmp_path):

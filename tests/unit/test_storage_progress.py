@@ -80,3 +80,15 @@ def test_prune_removes_expired_jobs_and_stale_uploads_only(tmp_path):
     removed = storage.prune(tmp_path, job_exists=lambda i: i == kept, older_than=3600, incoming_older_than=3600)
     assert sorted(removed) == sorted([expired, ".incoming-x"])
     assert sorted(p.name for p in root.iterdir()) == sorted([kept, young, "not-a-job"])
+
+
+@pytest.mark.parametrize("name", ["../x.fq", "a/b.fq", "a\\b.fq", "..", ".", "a\0b.fq", "a\x01.fq", "x\u202eqf.exe", "a\u200bb.fq"])
+def test_filename_problem_names_paths_and_control_characters(name):
+    # (HTTP clients percent-encode NUL and control bytes in multipart names; the check
+    # still refuses them should one arrive raw)
+    assert storage.filename_problem(name)
+
+
+@pytest.mark.parametrize("name", ["r1.fq.gz", "naïve ☃.fq", "read 1 (copy).fq", "ＮＦＫＣ.fa", ""])
+def test_filename_problem_accepts_plain_names(name):
+    assert storage.filename_problem(name) is None

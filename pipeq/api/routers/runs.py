@@ -101,6 +101,8 @@ def _store_and_check(settings: Settings, incoming: Path, reads: list[UploadFile]
         label = f"{field.split('[')[0]}" if len(reads) == 1 or field == "reference" else field
         if (upload.size or 0) > settings.max_upload_bytes:
             raise Rejected(413, label, f"{upload.size} bytes, more than the {settings.max_upload_bytes} accepted per file")
+        if problem := storage.filename_problem(upload.filename or ""):
+            raise Rejected(422, label, f"{upload.filename!r}: {problem}")
         name = storage.sanitize_filename(upload.filename or "", fallback)
         while name in used:
             name = "_" + name
