@@ -94,7 +94,7 @@ def cpu_seconds(pid: int) -> float:
 class Operator:
     def __init__(self, env: dict, log: Path):
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeq.operator.main"], env=dict(env, PYTHONPATH=str(ROOT)),
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeq.operator.main", "--no-liveness"], env=dict(env, PYTHONPATH=str(ROOT)),
                                      cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -147,11 +148,18 @@ def test_scale_message():
     assert builders.scale_message(1, 4, "7 queued, 1 running") == "scaled 1→4: 7 queued, 1 running"
 
 
-def test_command_line_maps_to_kopf_run():
+def test_command_line_maps_to_kopf_run(monkeypatch):
     from pipeq.operator.main import parse
 
+    monkeypatch.setenv("PIPEQ_OPERATOR_METRICS_PORT", "")  # parse() writes it: restored after
     kwargs, verbose = parse([])
-    assert kwargs == {"standalone": True, "clusterwide": True, "namespaces": [], "liveness_endpoint": None}
-    kwargs, verbose = parse(["--namespace=a", "-n", "b", "--liveness=http://0.0.0.0:8081/healthz", "-v"])
+    assert kwargs == {"standalone": True, "clusterwide": True, "namespaces": [],
+                      "liveness_endpoint": "http://0.0.0.0:8080/healthz"}
+    assert os.environ["PIPEQ_OPERATOR_METRICS_PORT"] == "0" and not verbose
+    kwargs, verbose = parse(["--namespace=a", "-n", "b", "--liveness=http://0.0.0.0:8081/healthz", "-v",
+                             "--metrics-port", "9100", "--standalone"])
     assert kwargs["namespaces"] == ["a", "b"] and not kwargs["clusterwide"]
     assert kwargs["liveness_endpoint"] == "http://0.0.0.0:8081/healthz" and verbose
+    assert os.environ["PIPEQ_OPERATOR_METRICS_PORT"] == "9100"
+    assert parse(["--no-liveness"])[0]["liveness_endpoint"] is None
+    assert parse(["--liveness="])[0]["liveness_endpoint"] is None
