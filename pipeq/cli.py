@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("operator", help="run the WorkerPool operator (kopf); `pipeq operator --help` for its options")
 
+    sub.add_parser("delete-pools", help="delete a namespace's WorkerPools and wait (the chart's pre-delete hook): NAMESPACE [TIMEOUT]")
+
     dev = sub.add_parser("dev", help="run everything on this machine: embedded Redis, the API, autoscaled workers")
     dev.add_argument("--host")
     dev.add_argument("--port", type=int)
@@ -49,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeq.operator.main import run
 
         return run(argv[1:])
+    if argv[:1] == ["delete-pools"]:
+        from pipeq.operator.uninstall import main as delete_pools
+
+        return delete_pools(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "api":
         _env(args, host="PIPEQ_HOST", port="PIPEQ_PORT")

@@ -420,16 +420,28 @@ def release_finalizers(memo: kopf.Memo, logger, **_: Any) -> None:
     """
     finalizer = "pipeq.dev/operator"
     for namespace, name in sorted(memo.get("pools") or ()):
-        try:
-            obj = memo.kube.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-            kept = [f for f in obj["metadata"].get("finalizers") or [] if f != finalizer]
-            memo.kube.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name,
-                {"metadata": {"finalizers": kept, "resourceVersion": obj["metadata"]["resourceVersion"]}},
-            )
-        except memo.kube.ApiException as e:
-            if e.status not in (404, 409):
-                logger.warning("releasing the finalizer of %s/%s: %s", namespace, name, e.reason)
+        # The pool may change under us (helm deletes it at the same moment): a JSON patch
+        # that tests the entry before removing it, retried on a conflict, never drops a
+        # finalizer that is not ours.
+        for _ in range(5):
+            try:
+                obj = memo.kube.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+                finalizers = obj["metadata"].get("finalizers") or []
+                if finalizer not in finalizers:
+                    break
+                i = finalizers.index(finalizer)
+                memo.kube.custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name,
+                    [{"op": "test", "path": f"/metadata/finalizers/{i}", "value": finalizer},
+                     {"op": "remove", "path": f"/metadata/finalizers/{i}"}],
+                )
+                break
+            except memo.kube.ApiException as e:
+                if e.status == 404:
+                    break
+                if e.status not in (409, 422):
+                    logger.warning("releasing the finalizer of %s/%s: %s", namespace, name, e.reason)
+                    break
 
 
 @kopf.on.probe(id="pools")

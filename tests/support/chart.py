@@ -19,7 +19,7 @@ def helm_bin() -> str:
 def render(*sets: str, namespace: str = "pipeq", release: str = "pipeq") -> str:
     """``helm template`` of the chart (CRDs included, test hooks left out)."""
     cmd = [helm_bin(), "template", release, str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION,
-           "--include-crds", "--skip-tests"]
+           "--include-crds", "--skip-tests", "--no-hooks"]
     for s in sets:
         cmd += ["--set", s]
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
