@@ -177,3 +177,18 @@ def condition(type_: str, ok: bool, reason: str, message: str, now_iso: str,
 def scale_message(old: int, new: int, reason: str) -> str:
     """The Event text of a scale change: 'scaled 1→4: 7 queued, 1 running'."""
     return f"scaled {old}→{new}: {reason}"
+
+
+FINALIZER = "pipeq.dev/operator"
+
+
+def finalizer_removal(finalizers: list[str] | None, finalizer: str = FINALIZER) -> list[dict] | None:
+    """The JSON patch that takes ``finalizer`` off a resource whose finalizers are
+    ``finalizers`` (None when it is not there). It tests the entry before removing it, so a
+    list that changed meanwhile fails the patch (422) instead of losing another finalizer."""
+    finalizers = list(finalizers or [])
+    if finalizer not in finalizers:
+        return None
+    i = finalizers.index(finalizer)
+    return [{"op": "test", "path": f"/metadata/finalizers/{i}", "value": finalizer},
+            {"op": "remove", "path": f"/metadata/finalizers/{i}"}]

@@ -67,7 +67,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_: Any
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="pipeq.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="pipeq.dev", key="last-handled-configuration")
-    settings.persistence.finalizer = "pipeq.dev/operator"
+    settings.persistence.finalizer = builders.FINALIZER
     # Watches: the server closes a watch after at most 5 minutes, so a silently broken
     # connection (a load balancer dropping idle streams) is noticed and re-established.
     settings.watching.server_timeout = 300
@@ -418,7 +418,7 @@ def release_finalizers(memo: kopf.Memo, logger, **_: Any) -> None:
     there is no daemon to stop. Left in place, it would hold a pool deleted together with
     the operator (``helm uninstall``) forever; the next operator puts it back.
     """
-    finalizer = "pipeq.dev/operator"
+    finalizer = builders.FINALIZER
     for namespace, name in sorted(memo.get("pools") or ()):
         # The pool may change under us (helm deletes it at the same moment): a JSON patch
         # that tests the entry before removing it, retried on a conflict, never drops a
@@ -426,15 +426,10 @@ def release_finalizers(memo: kopf.Memo, logger, **_: Any) -> None:
         for _ in range(5):
             try:
                 obj = memo.kube.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-                finalizers = obj["metadata"].get("finalizers") or []
-                if finalizer not in finalizers:
+                patch = builders.finalizer_removal(obj["metadata"].get("finalizers"), finalizer)
+                if patch is None:
                     break
-                i = finalizers.index(finalizer)
-                memo.kube.custom.patch_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, name,
-                    [{"op": "test", "path": f"/metadata/finalizers/{i}", "value": finalizer},
-                     {"op": "remove", "path": f"/metadata/finalizers/{i}"}],
-                )
+                memo.kube.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch)
                 break
             except memo.kube.ApiException as e:
                 if e.status == 404:

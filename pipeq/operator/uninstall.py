@@ -12,9 +12,8 @@ from __future__ import annotations
 import sys
 import time
 
+from pipeq.operator.builders import finalizer_removal
 from pipeq.operator.handlers import GROUP, PLURAL, VERSION
-
-FINALIZER = "pipeq.dev/operator"
 
 
 def main(argv: list[str]) -> int:
@@ -42,14 +41,10 @@ def main(argv: list[str]) -> int:
             # No operator released them (it is not running): release them here, or the
             # uninstall would hang. The pools' Deployments go with them (owner references).
             for pool in items:
-                finalizers = pool["metadata"].get("finalizers") or []
-                if FINALIZER in finalizers:
-                    i = finalizers.index(FINALIZER)
+                patch = finalizer_removal(pool["metadata"].get("finalizers"))
+                if patch is not None:
                     try:
-                        api.patch_namespaced_custom_object(
-                            GROUP, VERSION, namespace, PLURAL, pool["metadata"]["name"],
-                            [{"op": "test", "path": f"/metadata/finalizers/{i}", "value": FINALIZER},
-                             {"op": "remove", "path": f"/metadata/finalizers/{i}"}])
+                        api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, pool["metadata"]["name"], patch)
                     except client.exceptions.ApiException as e:
                         if e.status not in (404, 409, 422):
                             raise

@@ -163,3 +163,13 @@ def test_command_line_maps_to_kopf_run(monkeypatch):
     assert os.environ["PIPEQ_OPERATOR_METRICS_PORT"] == "9100"
     assert parse(["--no-liveness"])[0]["liveness_endpoint"] is None
     assert parse(["--liveness="])[0]["liveness_endpoint"] is None
+
+
+def test_finalizer_removal_tests_the_entry_it_removes():
+    from pipeq.operator.builders import FINALIZER, finalizer_removal
+
+    assert finalizer_removal(None) is None and finalizer_removal(["other"]) is None
+    assert finalizer_removal(["other", FINALIZER]) == [
+        {"op": "test", "path": "/metadata/finalizers/1", "value": FINALIZER},
+        {"op": "remove", "path": "/metadata/finalizers/1"},
+    ]
