@@ -4,7 +4,9 @@ The pipeline runs under a guard process (``guard.py``) that leads a new process 
 that a stop, a timeout or the death of the worker ends every process of the run. Output goes
 to the job's ``pipeline.log``; ``PROGRESS`` lines (see ``pipeq.progress``) become the job's
 ``stage`` and ``progress``. Each attempt works in ``work/attempt-<n>/``, which becomes
-``output/`` only if the attempt succeeded and this worker still holds the job's lease.
+``output/`` only if the attempt succeeded and this worker still holds the job's lease; an
+attempt that finds ``output/`` already there (its predecessor published, then died before RQ
+recorded the job as finished) returns that result without running the pipeline again.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ def run_pipeline(reads: list[str], reference: str, sample: str | None = None) ->
     attempt = int(job.meta.get("attempt") or 0) + 1
     job.meta.update(attempt=attempt, stage="starting", progress=0, error=None)
     job.save_meta()
+    if (jdir / "output").is_dir():
+        # An earlier attempt published its results, then its worker died before RQ recorded
+        # the job as finished: the results stand, and running the pipeline again (hours,
+        # perhaps) would only redo them.
+        return _published(settings, job, jdir)
 
     def fail(reason: str, message: str, exit_code: int | None = None, tail: list[str] | None = None):
         error = {"reason": reason, "message": message, "exit_code": exit_code, "stderr_tail": "\n".join(tail or [])}
@@ -104,10 +111,6 @@ def run_pipeline(reads: list[str], reference: str, sample: str | None = None) ->
         last = tail[-1] if tail else ""
         fail("pipeline failed", f"pipeline.sh exited with code {rc}" + (f": {last}" if last else ""), rc, tail)
 
-    try:
-        summary = json.loads((work / "report.json").read_text())
-    except (OSError, ValueError):
-        summary = {}
     if not control.lease_held():
         # Another worker owns this job now (we were presumed dead): publish nothing.
         raise PipelineFailed({"reason": "lease lost", "message": "another attempt owns this job", "exit_code": None, "stderr_tail": ""})
@@ -118,6 +121,15 @@ def run_pipeline(reads: list[str], reference: str, sample: str | None = None) ->
         shutil.rmtree(jdir / "work", ignore_errors=True)
     except OSError as e:
         fail("storage error", f"cannot publish the results: {e.strerror or e}")
+    return _published(settings, job, jdir)
+
+
+def _published(settings, job, jdir: Path) -> dict:
+    """The job's result from its published ``output/`` folder."""
+    try:
+        summary = json.loads((jdir / "output" / "report.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
     job.meta.update(stage="done", progress=100)
     job.save_meta()
     return {"files": storage.list_outputs(settings.data_dir, job.id), "summary": summary}

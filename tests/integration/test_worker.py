@@ -99,6 +99,25 @@ def test_job_of_a_killed_worker_is_retried_and_finishes(client, dataset, workers
     assert "result.txt" in s["result"]["files"]
 
 
+def test_results_published_before_a_worker_died_are_not_run_again(client, dataset, workers, settings, use_pipeline, tmp_path):
+    """A worker that published output/ and died before RQ recorded the job as finished: the
+    retry returns that result instead of running the pipeline again."""
+    from pipeq import storage
+
+    use_pipeline(pipelines.SLEEPY)
+    trace = tmp_path / "trace"
+    job_id = submit(client, dataset)
+    out = storage.job_dir(settings.data_dir, job_id) / "output"
+    out.mkdir()
+    (out / "report.json").write_text('{"sample": "S1", "variants": 7}')
+    (out / "calls.vcf").write_text("##fileformat=VCFv4.2\n")
+    workers.start(PIPEQ_TEST_TRACE=trace)
+    s = until(client, job_id)
+    assert s["status"] == "finished", s
+    assert s["result"] == {"files": ["calls.vcf", "report.json"], "summary": {"sample": "S1", "variants": 7}}
+    assert not trace.exists(), "the pipeline ran again"
+
+
 def test_cancel_queued_and_stop_running(client, dataset, workers, use_pipeline, tmp_path):
     use_pipeline(pipelines.SLEEPY)
     trace = tmp_path / "trace"

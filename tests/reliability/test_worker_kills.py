@@ -23,7 +23,6 @@ pytestmark = pytest.mark.reliability
 JOBS, KILLS, POOL = 20, 5, 4
 
 
-@pytest.mark.xfail(strict=False, reason="under heavy load (load avg 8+) one run in several reported one overlapping attempt; cause not found yet, see the session note")
 def test_killed_workers_lose_and_duplicate_nothing(settings, workers, dataset, tmp_path):
     settings.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
     # a lease long enough that a loaded CI machine does not stall a renewal past it
@@ -43,7 +42,7 @@ def test_killed_workers_lose_and_duplicate_nothing(settings, workers, dataset, t
             return workers.start(f"kw{spawned}", **env)
 
         alive = [spawn() for _ in range(POOL)]
-        kills: list[tuple[str, float]] = []  # (job_id, time of the kill)
+        kills: list[tuple[str, float, int]] = []  # (job_id, time of the kill, killed attempt)
         gone = defaultdict(list)  # job_id -> when the killed attempts' processes were all gone
         while len(kills) < KILLS:
             time.sleep(rng.uniform(0.3, 1.5))
@@ -57,14 +56,18 @@ def test_killed_workers_lose_and_duplicate_nothing(settings, workers, dataset, t
             os.kill(proc.pid, signal.SIGKILL)  # the worker alone, as the OOM killer would
             proc.wait()
             at = time.time()
-            # the guard must now kill that attempt's pipeline (nothing else does)
-            attempt = client.get(f"/job_status/{job_id}").json()["attempt"]
-            wait_for(lambda: not pipelines.processes_matching(f"{job_id}/work/attempt-{attempt}"),
-                     timeout=settings.kill_grace + 5, interval=0.05, what="the killed worker's pipeline to die")
-            kills.append((job_id, at))
-            gone[job_id].append(time.time())
             alive.remove(proc)
             alive.append(spawn())
+            status = client.get(f"/job_status/{job_id}").json()
+            if status["status"] in ("finished", "failed"):
+                # the busy mark was read just before the job ended: not a kill mid-job
+                continue
+            # the guard must now kill that attempt's pipeline (nothing else does)
+            attempt = status["attempt"]
+            wait_for(lambda: not pipelines.processes_matching(f"{job_id}/work/attempt-{attempt}"),
+                     timeout=settings.kill_grace + 5, interval=0.05, what="the killed worker's pipeline to die")
+            kills.append((job_id, at, attempt))
+            gone[job_id].append(time.time())
 
         def all_final():
             return all(client.get(f"/job_status/{i}").json()["status"] in ("finished", "failed") for i in ids)
@@ -73,23 +76,41 @@ def test_killed_workers_lose_and_duplicate_nothing(settings, workers, dataset, t
         statuses = {i: client.get(f"/job_status/{i}").json() for i in ids}
 
     finished = [i for i, s in statuses.items() if s["status"] == "finished"]
-    starts, ends = defaultdict(list), defaultdict(list)
+    starts, ends = defaultdict(list), defaultdict(list)  # job_id -> [(time, attempt)]
     for line in trace.read_text().splitlines():
         kind, _pid, ts, outdir = line.split()
-        job_id = re.search(r"/jobs/([0-9a-f]{32})/", outdir).group(1)
-        (starts if kind == "start" else ends)[job_id].append(float(ts))
-    duplicated = [i for i in ids if len(ends[i]) > 1]
-    # no two attempts at once: each start after a kill came after the killed attempt was gone
-    overlapping = [j for j, at in kills if any(at < t < min(g for g in gone[j] if g >= at) for t in starts[j])]
+        job_id, attempt = re.search(r"/jobs/([0-9a-f]{32})/work/attempt-(\d+)", outdir).groups()
+        (starts if kind == "start" else ends)[job_id].append((float(ts), int(attempt)))
+    runs = {j: [(t0, min([t for t, n in ends[j] if n == a] or [float("inf")]), a) for t0, a in starts[j]] for j in ids}
+    # ran to completion twice at the same time: two attempts that both ended, overlapping
+    duplicated = [j for j, r in runs.items()
+                  if any(a != b and e1 < float("inf") and e2 < float("inf") and s1 < e2 and s2 < e1
+                         for s1, e1, a in r for s2, e2, b in r)]
+    # a kill after the pipeline's last line but before the job was recorded as finished:
+    # at-least-once means it may run again (one after the other, never at once)
+    rerun = [j for j in ids if len(ends[j]) > 1]
+    # No two attempts at once: no other attempt started after a kill before the killed
+    # attempt's processes were gone. (The killed attempt's own pipeline may still write its
+    # start line just after the kill, while the guard takes it down: that is not a second
+    # attempt.)
+    def gone_after(job_id, at):
+        return min(g for g in gone[job_id] if g >= at)
+
+    overlapping = [(j, a, [(t - at, n) for t, n in starts[j] if at < t < gone_after(j, at) and n != a])
+                   for j, at, a in kills]
+    overlapping = [o for o in overlapping if o[2]]
     recoveries = []
-    for job_id, at in kills:
-        later = [t for t in starts[job_id] if t > at]
+    for job_id, at, a in kills:
+        if any(n == a and t < at for t, n in ends[job_id]):
+            continue  # its pipeline had already ended: nothing to recover (see rerun)
+        later = [t for t, n in starts[job_id] if t > at and n != a]
         recoveries.append(min(later) - at if later else float("inf"))
 
-    print(f"\n{len(finished)}/{JOBS} finished, {JOBS - len(finished)} lost, {len(duplicated)} duplicated, {len(overlapping)} overlapping")
-    print("killed attempt's pipeline gone after: " + ", ".join(f"{min(g for g in gone[j] if g >= at) - at:.2f}s" for j, at in kills))
+    print(f"\n{len(finished)}/{JOBS} finished, {JOBS - len(finished)} lost, {len(duplicated)} duplicated, {len(overlapping)} overlapping"
+          f" ({len(rerun)} run again after their pipeline had ended)")
+    print("killed attempt's pipeline gone after: " + ", ".join(f"{gone_after(j, at) - at:.2f}s" for j, at, _ in kills))
     print("recovery of each killed job (kill → next start): " + ", ".join(f"{r:.1f}s" for r in recoveries))
     assert len(finished) == JOBS, {i: s["status"] for i, s in statuses.items() if s["status"] != "finished"}
-    assert duplicated == [] and overlapping == []
-    assert all(statuses[j]["attempt"] >= 2 for j, _ in kills)
+    assert duplicated == [] and overlapping == [], (duplicated, overlapping)
+    assert all(statuses[j]["attempt"] >= 2 for j, _, _ in kills)
     assert max(recoveries) <= 60
