@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import re
 
@@ -90,3 +91,39 @@ def test_decompression_bomb_costs_no_memory(tmp_path):
     with pytest.raises(InvalidInput, match="longer than"):
         check_fastq(write(tmp_path, "bomb.fq.gz", bomb))
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB
+
+
+def _verdict(check, data):
+    try:
+        return check(io.BytesIO(data))
+    except InvalidInput as e:
+        return f"refused: {e}"
+
+
+@pytest.mark.parametrize("fmt", ["fastq", "fasta"])
+def test_fast_paths_agree_with_the_record_loop(monkeypatch, fmt):
+    """The column-at-a-time checks (C speed) must never accept what the record-by-record loop
+    refuses, nor count differently: 3 000 random mutations of valid files, both ways."""
+    import random
+
+    from pipeq import validate
+
+    rng = random.Random(8)
+    base = b"".join(FASTQ.splitlines(keepends=True)[: 4 * 70]) if fmt == "fastq" else b">c1 x\nACGTACGTAC\nGGTT\n>c2\nNNAC\n>c3 y\nacgt\n"
+    check = check_fastq if fmt == "fastq" else check_fasta
+    junk = [b"", b" ", b"\n", b"@", b">", b"+", b"#", b"1", b"\x7f", b"\r", b"\n\n", b">\n", b"@\n", b"A"]
+    for _ in range(3000):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(data))
+            if rng.random() < 0.5:
+                del data[at : at + rng.randint(1, 3)]
+            else:
+                data[at:at] = rng.choice(junk)
+        data = bytes(data)
+        fast = _verdict(check, data)
+        with monkeypatch.context() as m:
+            m.setattr(validate, "_fastq_records_ok", lambda lines: False)
+            m.setattr(validate, "_fasta_sequences_ok", lambda lines, more: None)
+            slow = _verdict(check, data)
+        assert fast == slow, data

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import redis
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Response, UploadFile, status
 
 from pipeq import jobs, queue, storage
 from pipeq.api.deps import get_redis, get_settings, require_token
@@ -45,7 +45,6 @@ class Rejected(Exception):
     summary="Submit a pipeline run",
 )
 def run_pipeline(
-    request: Request,
     reads: Annotated[list[UploadFile], File(description="One (single-end) or two (paired-end) FASTQ files, plain or gzip.")],
     reference: Annotated[UploadFile, File(description="The reference, FASTA, plain or gzip.")],
     sample: Annotated[str | None, Form(pattern=SAMPLE_PATTERN, description="Sample name, used to name the outputs.")] = None,
@@ -81,19 +80,20 @@ def run_pipeline(
         shutil.rmtree(final_dir, ignore_errors=True)
         raise
     SUBMISSIONS.labels(outcome="accepted").inc()
-    return jobs.Submitted(job_id=job_id, status_url=str(request.app.url_path_for("job_status", job_id=job_id)))
+    return jobs.Submitted(job_id=job_id, status_url=f"/job_status/{job_id}")
 
 
 def _store_and_check(settings: Settings, incoming: Path, reads: list[UploadFile], reference: UploadFile) -> dict:
+    """Check every upload where it lies (in memory, or Starlette's spool file when large),
+    then write them all into ``incoming/inputs``: a refused submission touches no disk."""
     if not 1 <= len(reads) <= 2:
         raise Rejected(422, "reads", f"give one (single-end) or two (paired-end) reads files, not {len(reads)}")
     total = sum((f.size or 0) for f in [*reads, reference])
     if total > settings.max_total_upload_bytes:
         raise Rejected(413, "files", f"{total} bytes in all, more than the {settings.max_total_upload_bytes} accepted")
-    inputs = incoming / "inputs"
-    inputs.mkdir(parents=True)
     used: set[str] = set()
     names: dict = {"reads": []}
+    checked: list[tuple[str, UploadFile]] = []
     for field, upload, fallback, check in (
         *((f"reads[{i}]", f, f"reads_{i + 1}.fastq", check_fastq) for i, f in enumerate(reads)),
         ("reference", reference, "reference.fasta", check_fasta),
@@ -107,18 +107,22 @@ def _store_and_check(settings: Settings, incoming: Path, reads: list[UploadFile]
         while name in used:
             name = "_" + name
         used.add(name)
-        dest = inputs / name
-        upload.file.seek(0)
-        with open(dest, "wb") as out:
-            shutil.copyfileobj(upload.file, out, COPY_CHUNK)
         try:
-            check(dest)
+            check(upload.file)
         except InvalidInput as e:
             raise Rejected(422, label, f"{upload.filename or name}: {e}")
+        checked.append((name, upload))
         if field == "reference":
             names["reference"] = name
         else:
             names["reads"].append(name)
+    incoming.mkdir()
+    inputs = incoming / "inputs"
+    inputs.mkdir()
+    for name, upload in checked:
+        upload.file.seek(0)
+        with open(inputs / name, "wb") as out:
+            shutil.copyfileobj(upload.file, out, COPY_CHUNK)
     return names
 
 
