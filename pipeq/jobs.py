@@ -31,7 +31,11 @@ class JobStatus(BaseModel):
     status: Status = Field(description="queued → started → finished | failed; or canceled (while queued) / stopped (while running).")
     stage: str | None = Field(None, description="The pipeline stage running now (from its PROGRESS lines).")
     progress: int | None = Field(None, ge=0, le=100, description="Percent done, as the pipeline reports it.")
-    position: int | None = Field(None, description="Place in the queue while queued (0 = next).")
+    position: int | None = Field(
+        None,
+        description="Place in the queue while queued (0 = next); null when the job is more than 1000 places "
+        "from both ends of a longer queue (counting further would cost Redis time in proportion to the queue).",
+    )
     sample: str | None = None
     queue: str | None = Field(None, description="The queue the job is on.")
     attempt: int = Field(0, description="How many times a worker started the job (more than 1 after a worker was lost).")
@@ -117,8 +121,23 @@ def fetch(conn: redis.Redis, job_id: str) -> Job | None:
         return None
 
 
+#: How far from each end of the queue ``queue_position`` looks.
+POSITION_SCAN = 1000
+
+
 def queue_position(conn: redis.Redis, job: Job) -> int | None:
-    """0-based place of a queued job in its queue (LPOS), or None."""
-    pos = conn.lpos(f"rq:queue:{job.origin}", job.id)
+    """0-based place of a queued job in its queue, or None when it is more than
+    POSITION_SCAN places from both ends (or not in the queue).
+
+    LPOS scans the list: unbounded, a status poll of a job at the tail of a queue of
+    100 000 would block Redis for milliseconds. Two bounded scans, from the head and from
+    the tail, in one round trip, cost at most 2 × POSITION_SCAN comparisons.
+    """
+    key = f"rq:queue:{job.origin}"
+    with conn.pipeline(transaction=False) as p:
+        p.lpos(key, job.id, maxlen=POSITION_SCAN)
+        p.lpos(key, job.id, rank=-1, maxlen=POSITION_SCAN)
+        head, tail = p.execute()
+    pos = head if head is not None else tail
     return int(pos) if pos is not None else None
 
