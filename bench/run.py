@@ -319,6 +319,7 @@ def fleet_pipeq(bench: Bench, side, env, jobs: int) -> dict:
     settings = Settings(redis_url=bench.redis.url, queue=side.queue, data_dir=side.data_dir,
                         min_workers=0, max_workers=10, scale_down_delay=bench.args.scale_down_delay, poll_interval=0.25)
     sup = Supervisor(settings, dict(side.env, **env))
+    sup.warm_up()  # as `pipeq dev` does at its start
     series, lifetimes, seen = [], {}, {}
     stop = threading.Event()
     t_sampler = time.time()

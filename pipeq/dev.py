@@ -23,6 +23,7 @@ import redis
 from pipeq import queue, scaling
 from pipeq.redis_server import RedisServer
 from pipeq.settings import get_settings
+from pipeq.worker.forkserver import ForkedWorker, ForkServer
 
 log = logging.getLogger("pipeq.dev")
 SHUTDOWN_GRACE = 10.0
@@ -31,7 +32,7 @@ SHUTDOWN_GRACE = 10.0
 @dataclass
 class LocalWorker:
     name: str
-    proc: subprocess.Popen
+    proc: subprocess.Popen | ForkedWorker
     stopping: bool = False
 
 
@@ -46,11 +47,28 @@ class Supervisor:
         self.names = (f"local-{os.getpid()}-{i}" for i in itertools.count(1))
         self.lower_since: float | None = None
         self.redis_ok = True
+        self.forkserver: ForkServer | None = None
+
+    def warm_up(self) -> None:
+        """Start the fork server now, so that the first scale-up from zero does not wait for
+        its imports either."""
+        try:
+            self.forkserver = ForkServer(self.env).start()
+        except OSError as e:
+            log.warning("fork server not started (%s): workers will start as new processes", e)
 
     def spawn(self) -> None:
+        """Start a worker: forked from the warm fork server (milliseconds), or, should that
+        fail, as a fresh process (about 0.6 s of imports)."""
         name = next(self.names)
-        env = dict(self.env, PIPEQ_WORKER_NAME=name)
-        proc = subprocess.Popen([sys.executable, "-m", "pipeq", "worker"], env=env, start_new_session=True)
+        try:
+            if self.forkserver is None or not self.forkserver.alive():
+                self.forkserver = ForkServer(self.env).start()
+            proc = self.forkserver.spawn(name)
+        except (OSError, RuntimeError) as e:
+            log.warning("fork server unavailable (%s): starting worker %s as a new process", e, name)
+            env = dict(self.env, PIPEQ_WORKER_NAME=name)
+            proc = subprocess.Popen([sys.executable, "-m", "pipeq", "worker"], env=env, start_new_session=True)
         self.workers[name] = LocalWorker(name, proc)
 
     def step(self, now: float | None = None) -> scaling.Decision | None:
@@ -111,6 +129,9 @@ class Supervisor:
                 os.killpg(w.proc.pid, signal.SIGKILL)
                 w.proc.wait()
         self.workers.clear()
+        if self.forkserver is not None:
+            self.forkserver.stop()
+            self.forkserver = None
 
 
 def run_dev(embedded_redis: bool = True) -> int:
@@ -137,6 +158,7 @@ def run_dev(embedded_redis: bool = True) -> int:
 
     api = subprocess.Popen([sys.executable, "-m", "pipeq", "api"], env=env, start_new_session=True)
     sup = Supervisor(settings, env)
+    sup.warm_up()
     print(
         f"pipeq dev: API and web page on http://{settings.host}:{settings.port}  "
         f"(Redis {settings.redis_url}, data in {data_dir}, workers {settings.min_workers}..{settings.max_workers}); "

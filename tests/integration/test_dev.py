@@ -50,7 +50,11 @@ def _up(base):
 
 
 def _workers(tmp_path) -> int:
-    return len(pipelines.processes_matching("pipeq worker", env=str(tmp_path)))
+    """Worker processes: forked by the warm fork server (same command line as the server,
+    so: that command line, minus the server), or started afresh (``pipeq worker``)."""
+    forked = pipelines.processes_matching("pipeq.worker.forkserver", env=str(tmp_path))
+    fresh = pipelines.processes_matching("pipeq worker", env=str(tmp_path))
+    return max(0, len(forked) - 1) + len(fresh)
 
 
 def test_dev_scales_from_zero_runs_jobs_and_stops_cleanly(dev, dataset):
