@@ -92,6 +92,8 @@ def to_status(job: Job, *, position: int | None = None, with_result: bool = True
     """The user's view of an RQ job. ``with_result`` reads the result (one more round trip)."""
     status = _status(job)
     meta = job.meta or {}
+    if status == "failed" and (meta.get("error") or {}).get("reason") == "stopped":
+        status = "stopped"  # stopped while its worker was dead: the attempt after ended it
     result = None
     if status == "finished" and with_result:
         value = job.return_value()

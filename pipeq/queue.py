@@ -124,6 +124,16 @@ def queue_stats(conn: redis.Redis, queue_name: str) -> QueueStats:
     )
 
 
+def request_stop(conn: redis.Redis, job_id: str, ttl: int) -> None:
+    """Record that ``job_id`` must stop. RQ's stop command reaches only a live worker; this
+    mark also reaches the next attempt of a job whose worker died (see ``stop_requested``)."""
+    conn.set(f"pipeq:stop:{job_id}", 1, ex=ttl)
+
+
+def stop_requested(conn: redis.Redis, job_id: str) -> bool:
+    return bool(conn.exists(f"pipeq:stop:{job_id}"))
+
+
 def reap_abandoned(conn: redis.Redis, queue_name: str) -> int:
     """Requeue (or fail, when out of retries) the jobs whose worker stopped renewing the lease.
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from rq import get_current_job
 
-from pipeq import progress, storage
+from pipeq import progress, queue, storage
 from pipeq.metrics_store import record_duration
 from pipeq.settings import get_settings
 
@@ -77,6 +77,10 @@ def run_pipeline(reads: list[str], reference: str, sample: str | None = None) ->
         job.save_meta()
         job.retries_left = 0
         raise PipelineFailed(error)
+
+    if queue.stop_requested(job.connection, job.id):
+        # stopped while no worker held the job (its worker had died): end it, run nothing
+        fail("stopped", "stopped on request")
 
     try:
         work = jdir / "work" / f"attempt-{attempt}"

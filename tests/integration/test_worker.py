@@ -118,6 +118,25 @@ def test_results_published_before_a_worker_died_are_not_run_again(client, datase
     assert not trace.exists(), "the pipeline ran again"
 
 
+def test_stop_of_a_job_whose_worker_died_holds_for_its_next_attempt(client, dataset, workers, settings, use_pipeline, tmp_path):
+    """RQ's stop command reaches only a live worker: a job whose worker died must not be
+    retried after a DELETE, but end as stopped without running the pipeline again."""
+    use_pipeline(pipelines.SLEEPY)
+    trace = tmp_path / "trace"
+    job_id = submit(client, dataset)
+    doomed = workers.start("doomed", PIPEQ_TEST_SLEEP=30, PIPEQ_TEST_TRACE=trace)
+    wait_for(lambda: trace.exists(), timeout=15, what="the pipeline to start")
+    os.kill(doomed.pid, signal.SIGKILL)
+    doomed.wait()
+    r = client.delete(f"/jobs/{job_id}")
+    assert r.status_code == 200 and r.json()["status"] == "started", r.text
+    workers.start("next", PIPEQ_TEST_SLEEP=1, PIPEQ_TEST_TRACE=trace)
+    s = until(client, job_id, timeout=40)
+    assert s["status"] == "stopped" and s["error"]["reason"] == "stopped", s
+    assert s["attempt"] == 2
+    assert trace.read_text().count("start ") == 1, "the pipeline ran again"
+
+
 def test_cancel_queued_and_stop_running(client, dataset, workers, use_pipeline, tmp_path):
     use_pipeline(pipelines.SLEEPY)
     trace = tmp_path / "trace"

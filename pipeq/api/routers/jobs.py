@@ -44,10 +44,13 @@ def list_jobs(
     responses={404: {"description": "No such job."}, 409: {"description": "The job has already ended."}},
     summary="Cancel a queued job, or stop a running one",
 )
-def cancel_job(job_id: str, conn: redis.Redis = Depends(get_redis)) -> jobs.JobStatus:
+def cancel_job(
+    job_id: str, conn: redis.Redis = Depends(get_redis), settings: Settings = Depends(get_settings)
+) -> jobs.JobStatus:
     """A queued job is canceled; a running job is stopped (its pipeline's processes are killed).
 
-    Stopping is asynchronous: the answer may still say `started`; poll until `stopped`.
+    Stopping is asynchronous: the answer may still say `started`; poll until `stopped`. A job
+    whose worker has died is stopped too: its next attempt ends at once as `stopped`.
     """
     current = status_of(conn, job_id)
     if current.status in jobs.FINAL:
@@ -56,6 +59,7 @@ def cancel_job(job_id: str, conn: redis.Redis = Depends(get_redis)) -> jobs.JobS
     if current.status == "queued":
         job.cancel()
     else:
+        queue.request_stop(conn, job_id, settings.job_ttl)
         send_stop_job_command(conn, job_id)
     return status_of(conn, job_id)
 
