@@ -87,22 +87,27 @@ class QueueStats:
 
 
 # One round trip: queue length, live and expired entries of the started registry, and the
-# job each registered worker of the queue is running. Worker keys of dead workers expire,
-# so HGET answers nil for them.
+# job each registered worker of the queue is running. A worker counts as busy only while its
+# job's lease is live: a killed worker's hash (and its busy mark) outlives it by a few
+# leases, its lease does not. Registry members are "<job_id>:<execution_id>".
 _STATS = """
 local now = tonumber(ARGV[1])
 local queued = redis.call('LLEN', KEYS[1])
-local running = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')
 local expired = redis.call('ZCOUNT', KEYS[2], '-inf', now)
+local leased = {}
+for _, member in ipairs(live) do
+  leased[string.match(member, '^([^:]+)')] = true
+end
 local busy = {}
 for _, wkey in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   local job = redis.call('HGET', wkey, ARGV[2])
-  if job then
+  if job and leased[job] then
     table.insert(busy, wkey)
     table.insert(busy, job)
   end
 end
-return {queued, running, expired, busy}
+return {queued, #live, expired, busy}
 """
 
 WORKER_PREFIX = "rq:worker:"

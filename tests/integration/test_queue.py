@@ -20,7 +20,8 @@ def test_queue_stats_counts_in_one_round_trip(conn):
     conn.zadd("rq:wip:pipeline_tasks", {"a:1": now + 30, "b:2": now + 30, "c:3": now - 1})
     conn.hset("rq:worker:w1", "pipeq_job", "a")
     conn.hset("rq:worker:w2", "state", "idle")
-    conn.sadd("rq:workers:pipeline_tasks", "rq:worker:w1", "rq:worker:w2", "rq:worker:gone")
+    conn.hset("rq:worker:dead", "pipeq_job", "c")  # killed: its mark outlives its lease
+    conn.sadd("rq:workers:pipeline_tasks", "rq:worker:w1", "rq:worker:w2", "rq:worker:gone", "rq:worker:dead")
     stats = queue.queue_stats(conn, "pipeline_tasks")
     assert (stats.queued, stats.running, stats.expired) == (3, 2, 1)
     assert stats.busy == {"w1": "a"}
