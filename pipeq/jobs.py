@@ -9,6 +9,7 @@ import redis
 from pydantic import BaseModel, Field
 from rq.job import Job
 from rq.exceptions import NoSuchJobError
+from rq.results import Result
 
 Status = Literal["queued", "started", "finished", "failed", "canceled", "stopped"]
 FINAL = {"finished", "failed", "canceled", "stopped"}
@@ -123,23 +124,51 @@ def fetch(conn: redis.Redis, job_id: str) -> Job | None:
         return None
 
 
-#: How far from each end of the queue ``queue_position`` looks.
+#: How far from each end of its queue a queued job's position is looked for. LPOS scans the
+#: list: unbounded, a status poll of a job at the tail of a queue of 100 000 would block
+#: Redis for milliseconds; two bounded scans cost at most 2 × POSITION_SCAN comparisons.
 POSITION_SCAN = 1000
 
 
-def queue_position(conn: redis.Redis, job: Job) -> int | None:
-    """0-based place of a queued job in its queue, or None when it is more than
-    POSITION_SCAN places from both ends (or not in the queue).
+# A job's hash, and what its status needs besides: its place in the queue while queued (two
+# scans bounded by POSITION_SCAN, from the head and from the tail), its latest result once
+# finished. One round trip
+# where RQ makes two or three (HGETALL, then HGET status, then XREVRANGE of the results).
+_STATUS = """
+local h = redis.call('HGETALL', KEYS[1])
+if #h == 0 then return false end
+local status, origin
+for i = 1, #h, 2 do
+  if h[i] == 'status' then status = h[i + 1] elseif h[i] == 'origin' then origin = h[i + 1] end
+end
+local extra = false
+if status == 'queued' and origin then
+  local q = 'rq:queue:' .. origin
+  extra = redis.call('LPOS', q, ARGV[1], 'MAXLEN', ARGV[2])
+  if not extra then extra = redis.call('LPOS', q, ARGV[1], 'RANK', -1, 'MAXLEN', ARGV[2]) end
+elseif status == 'finished' then
+  extra = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+end
+return {h, extra}
+"""
 
-    LPOS scans the list: unbounded, a status poll of a job at the tail of a queue of
-    100 000 would block Redis for milliseconds. Two bounded scans, from the head and from
-    the tail, in one round trip, cost at most 2 × POSITION_SCAN comparisons.
-    """
-    key = f"rq:queue:{job.origin}"
-    with conn.pipeline(transaction=False) as p:
-        p.lpos(key, job.id, maxlen=POSITION_SCAN)
-        p.lpos(key, job.id, rank=-1, maxlen=POSITION_SCAN)
-        head, tail = p.execute()
-    pos = head if head is not None else tail
-    return int(pos) if pos is not None else None
 
+def fetch_for_status(conn: redis.Redis, job_id: str) -> tuple[Job, int | None] | None:
+    """The job (its latest result loaded when finished) and its queue position, in one
+    round trip; None when there is no such job. The position is None unless the job is
+    queued within POSITION_SCAN places of either end of its queue."""
+    got = conn.eval(_STATUS, 2, f"rq:job:{job_id}", Result.get_key(job_id), job_id, POSITION_SCAN)
+    if not got:
+        return None
+    raw, extra = got
+    job = Job(job_id, connection=conn)
+    job.restore(dict(zip(raw[::2], raw[1::2])))
+    position = None
+    if isinstance(extra, int):
+        position = extra
+    elif extra:  # [[result_id, [field, value, ...]]]
+        result_id, fields = extra[0]
+        job._cached_result = Result.restore(
+            job_id, result_id.decode(), dict(zip(fields[::2], fields[1::2])), connection=conn, serializer=job.serializer
+        )
+    return job, position

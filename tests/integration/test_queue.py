@@ -45,11 +45,11 @@ def test_jobs_index_drops_expired_entries(conn):
     assert conn.zrange(queue.JOBS_INDEX, 0, -1) == [f"{0:032x}".encode()]
 
 
-def test_queue_position_is_exact_near_either_end_and_bounded_between(conn, monkeypatch):
+def test_status_position_is_exact_near_either_end_and_bounded_between(conn, monkeypatch):
     from pipeq import jobs
 
     monkeypatch.setattr(jobs, "POSITION_SCAN", 10)
-    # the rest of a long queue, cheap to make: the position only reads the list
-    conn.rpush("rq:queue:long", *[f"{i:032x}" for i in range(30)])
-    at = {i: jobs.queue_position(conn, type("J", (), {"origin": "long", "id": f"{i:032x}"})) for i in (0, 9, 10, 15, 19, 20, 29)}
+    enqueue(conn, 30, name="long")
+    at = {i: jobs.fetch_for_status(conn, f"{i:032x}")[1] for i in (0, 9, 10, 15, 19, 20, 29)}
     assert at == {0: 0, 9: 9, 10: None, 15: None, 19: None, 20: 20, 29: 29}
+    assert jobs.fetch_for_status(conn, "f" * 32) is None

@@ -50,7 +50,7 @@ def run_pipeline(
     sample: Annotated[str | None, Form(pattern=SAMPLE_PATTERN, description="Sample name, used to name the outputs.")] = None,
     settings: Settings = Depends(get_settings),
     conn: redis.Redis = Depends(get_redis),
-) -> jobs.Submitted:
+) -> Response:
     """Check the uploads, store them in a new job folder, and enqueue the run.
 
     Answers 202 at once with the `job_id`; poll `status_url`. On any rejection nothing is
@@ -80,7 +80,9 @@ def run_pipeline(
         shutil.rmtree(final_dir, ignore_errors=True)
         raise
     SUBMISSIONS.labels(outcome="accepted").inc()
-    return jobs.Submitted(job_id=job_id, status_url=f"/job_status/{job_id}")
+    # the model's own JSON, as in job_status (response_model still gives the schema)
+    submitted = jobs.Submitted(job_id=job_id, status_url=f"/job_status/{job_id}")
+    return Response(submitted.model_dump_json(), status_code=status.HTTP_202_ACCEPTED, media_type="application/json")
 
 
 def _store_and_check(settings: Settings, incoming: Path, reads: list[UploadFile], reference: UploadFile) -> dict:
@@ -140,8 +142,8 @@ def job_status(job_id: str, conn: redis.Redis = Depends(get_redis)) -> Response:
 
 
 def status_of(conn: redis.Redis, job_id: str) -> jobs.JobStatus:
-    job = jobs.fetch(conn, job_id) if storage.JOB_ID_RE.match(job_id) else None
-    if job is None:
+    found = jobs.fetch_for_status(conn, job_id) if storage.JOB_ID_RE.match(job_id) else None
+    if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {job_id!r}")
-    position = jobs.queue_position(conn, job) if job.get_status(refresh=False) == "queued" else None
+    job, position = found
     return jobs.to_status(job, position=position)
