@@ -8,7 +8,6 @@ from typing import Any, Literal
 import redis
 from pydantic import BaseModel, Field
 from rq.job import Job
-from rq.exceptions import NoSuchJobError
 from rq.results import Result
 
 Status = Literal["queued", "started", "finished", "failed", "canceled", "stopped"]
@@ -115,13 +114,6 @@ def to_status(job: Job, *, position: int | None = None, with_result: bool = True
         result=result,
         error=_error(job, status),
     )
-
-
-def fetch(conn: redis.Redis, job_id: str) -> Job | None:
-    try:
-        return Job.fetch(job_id, connection=conn)
-    except NoSuchJobError:
-        return None
 
 
 #: How far from each end of its queue a queued job's position is looked for. LPOS scans the

@@ -122,6 +122,7 @@ class ForkServer:
     proc: subprocess.Popen | None = None
     _exits: dict[int, int] = field(default_factory=dict)
     _replies: dict[str, int] = field(default_factory=dict)
+    _closed: bool = False  # the server's reply pipe has closed: it is gone
     _cond: threading.Condition = field(default_factory=threading.Condition)
 
     def start(self) -> "ForkServer":
@@ -144,7 +145,7 @@ class ForkServer:
                     self._replies[a] = int(b)
                 self._cond.notify_all()
         with self._cond:  # the server is gone: so is every way to learn of an exit but kill(0)
-            self._replies.setdefault("", 0)
+            self._closed = True
             self._cond.notify_all()
 
     def alive(self) -> bool:
@@ -154,7 +155,7 @@ class ForkServer:
         self.proc.stdin.write(name + "\n")
         self.proc.stdin.flush()
         with self._cond:
-            if not self._cond.wait_for(lambda: name in self._replies or "" in self._replies, timeout):
+            if not self._cond.wait_for(lambda: name in self._replies or self._closed, timeout):
                 raise RuntimeError("the worker fork server did not answer")
             if name not in self._replies:
                 raise RuntimeError("the worker fork server exited")

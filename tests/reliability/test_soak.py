@@ -108,28 +108,28 @@ async def _load(base, seconds, lat, errors):
     limits = httpx.Limits(max_connections=CLIENTS, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
 
+        async def timed(kind, request, expected):
+            """One request: its latency into ``lat[kind]``, or its failure into ``errors``."""
+            t = time.perf_counter()
+            try:
+                r = await request
+            except httpx.HTTPError as e:
+                errors.append(f"{kind} {type(e).__name__} after {time.perf_counter() - t:.2f}s")
+                return None
+            lat[kind].append(time.perf_counter() - t)
+            if r.status_code != expected:
+                errors.append(f"{kind} {r.status_code} {r.text[:100]}")
+                return None
+            return r
+
         async def one_client():
             while time.monotonic() < deadline:
-                t = time.perf_counter()
-                try:
-                    r = await client.post("/run_pipeline", files=[("reads", ("r.fq", FQ)), ("reference", ("r.fa", FA))])
-                except httpx.HTTPError as e:
-                    errors.append(f"submit {type(e).__name__} after {time.perf_counter() - t:.2f}s")
-                    continue
-                lat["submit"].append(time.perf_counter() - t)
-                if r.status_code != 202:
-                    errors.append(f"submit {r.status_code} {r.text[:100]}")
+                files = [("reads", ("r.fq", FQ)), ("reference", ("r.fa", FA))]
+                r = await timed("submit", client.post("/run_pipeline", files=files), 202)
+                if r is None:
                     continue
                 url = r.json()["status_url"]
                 for _ in range(3):
-                    t = time.perf_counter()
-                    try:
-                        s = await client.get(url)
-                    except httpx.HTTPError as e:
-                        errors.append(f"status {type(e).__name__} after {time.perf_counter() - t:.2f}s")
-                        continue
-                    lat["status"].append(time.perf_counter() - t)
-                    if s.status_code != 200:
-                        errors.append(f"status {s.status_code}")
+                    await timed("status", client.get(url), 200)
 
         await asyncio.gather(*(one_client() for _ in range(CLIENTS)))

@@ -10,7 +10,7 @@ from rq.job import Job
 
 from pipeq import jobs, queue, storage
 from pipeq.api.deps import get_redis, get_settings, require_token
-from pipeq.api.routers.runs import status_of
+from pipeq.api.routers.runs import job_or_404, status_of
 from pipeq.settings import Settings
 
 router = APIRouter(prefix="/jobs", dependencies=[Depends(require_token)], tags=["jobs"])
@@ -52,10 +52,10 @@ def cancel_job(
     Stopping is asynchronous: the answer may still say `started`; poll until `stopped`. A job
     whose worker has died is stopped too: its next attempt ends at once as `stopped`.
     """
-    current = status_of(conn, job_id)
+    job, position = job_or_404(conn, job_id)
+    current = jobs.to_status(job, position=position, with_result=False)
     if current.status in jobs.FINAL:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"the job has already ended ({current.status})")
-    job = jobs.fetch(conn, job_id)
     if current.status == "queued":
         job.cancel()
     else:

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import redis
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Response, UploadFile, status
+from rq.job import Job
 
 from pipeq import jobs, queue, storage
 from pipeq.api.deps import get_redis, get_settings, require_token
@@ -141,9 +142,14 @@ def job_status(job_id: str, conn: redis.Redis = Depends(get_redis)) -> Response:
     return Response(status_of(conn, job_id).model_dump_json(), media_type="application/json")
 
 
-def status_of(conn: redis.Redis, job_id: str) -> jobs.JobStatus:
+def job_or_404(conn: redis.Redis, job_id: str) -> tuple[Job, int | None]:
+    """The job and its queue position (see ``jobs.fetch_for_status``); 404 if there is none."""
     found = jobs.fetch_for_status(conn, job_id) if storage.JOB_ID_RE.match(job_id) else None
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {job_id!r}")
-    job, position = found
+    return found
+
+
+def status_of(conn: redis.Redis, job_id: str) -> jobs.JobStatus:
+    job, position = job_or_404(conn, job_id)
     return jobs.to_status(job, position=position)
