@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     api = sub.add_parser("api", help="serve the REST API and the web page")
     api.add_argument("--host")
     api.add_argument("--port", type=int)
+    api.add_argument("--workers", type=int, help="API processes sharing the port")
 
     worker = sub.add_parser("worker", help="run a worker that takes jobs from the queue")
     worker.add_argument("--queue")
@@ -57,14 +58,19 @@ def main(argv: list[str] | None = None) -> int:
         return delete_pools(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "api":
-        _env(args, host="PIPEQ_HOST", port="PIPEQ_PORT")
+        _env(args, host="PIPEQ_HOST", port="PIPEQ_PORT", workers="PIPEQ_API_WORKERS")
         import uvicorn
 
         from pipeq.api.app import create_app
         from pipeq.settings import get_settings
 
         s = get_settings()
-        uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="info", access_log=False)
+        if s.api_workers > 1:
+            # each process builds its app from the same PIPEQ_* environment
+            uvicorn.run("pipeq.api.app:create_app", factory=True, workers=s.api_workers,
+                        host=s.host, port=s.port, log_level="info", access_log=False)
+        else:
+            uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="info", access_log=False)
         return 0
     if args.command == "worker":
         _env(args, queue="PIPEQ_QUEUE", name="PIPEQ_WORKER_NAME")

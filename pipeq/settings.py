@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     # The API
     host: str = Field("127.0.0.1", description="Address the API listens on.")
     port: int = Field(8000, description="Port the API listens on.")
+    api_workers: int = Field(1, ge=1, description="API processes sharing the port (`pipeq api`). The upload checks are CPU work in Python, so one process serves about one core of them: on a machine of its own give it one per core; in Kubernetes keep 1 and raise the chart's `api.replicas`.")
     api_token: str | None = Field(None, description="When set, every route but /healthz and /readyz needs 'Authorization: Bearer <token>'.")
     max_upload_bytes: int = Field(2 * 1024**3, description="Largest accepted size of one uploaded file (413 above).")
     max_total_upload_bytes: int = Field(4 * 1024**3, description="Largest accepted size of all files of one submission (413 above).")

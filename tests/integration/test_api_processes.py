@@ -1,0 +1,114 @@
+"""`pipeq api --workers N`: several API processes on one port, one Redis, one data folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, settings_env, wait_for
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive_api_processes(pid: int) -> set[int]:
+    """The children of the uvicorn supervisor that are not zombies (no multiprocessing helpers)."""
+    procs = set()
+    for child in _children(pid):
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if state != "Z" and b"resource_tracker" not in cmdline:
+            procs.add(child)
+    return procs
+
+
+@pytest.fixture
+def api_two(settings):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeq", "api", "--workers", "2", "--port", str(port)],
+        env=settings_env(settings), cwd=ROOT, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            return httpx.get(url + "/healthz", timeout=1).status_code == 200 and len(_alive_api_processes(proc.pid)) == 2
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(up, timeout=30, what="two API processes")
+        yield proc, url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _submit(url: str, dataset) -> httpx.Response:
+    files = [("reads", (p.name, p.read_bytes())) for p in dataset.reads]
+    files.append(("reference", (dataset.reference.name, dataset.reference.read_bytes())))
+    return httpx.post(url + "/run_pipeline", files=files, data={"sample": "S1"}, timeout=30)
+
+
+def test_two_processes_share_the_queue_and_a_killed_one_is_replaced(api_two, dataset, conn, settings):
+    proc, url = api_two
+    first = _alive_api_processes(proc.pid)
+    assert len(first) == 2
+
+    ids = []
+    for _ in range(6):
+        r = _submit(url, dataset)
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["job_id"])
+    assert len(set(ids)) == 6
+    # every process sees every job: one Redis, one data folder
+    for job_id in ids:
+        body = httpx.get(f"{url}/job_status/{job_id}", timeout=10).json()
+        assert body["status"] == "queued"
+        assert (settings.data_dir / "jobs" / job_id / "inputs").is_dir()
+    assert conn.llen(f"rq:queue:{settings.queue}") == 6
+
+    # a refused upload leaves nothing, whichever process took it
+    r = httpx.post(url + "/run_pipeline", files=[("reads", ("r.fq", b"not a fastq\n")), ("reference", ("x.fa", b">x\nACGT\n"))], timeout=10)
+    assert r.status_code == 422
+    assert sorted(p.name for p in (settings.data_dir / "jobs").iterdir()) == sorted(ids)
+
+    victim = sorted(first)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(_alive_api_processes(proc.pid)) == 2 and victim not in _alive_api_processes(proc.pid),
+             timeout=30, what="uvicorn to replace the killed API process")
+    deadline = time.monotonic() + 10
+    while True:  # the port answers throughout, from the survivor or the new process
+        r = _submit(url, dataset)
+        if r.status_code == 202 or time.monotonic() > deadline:
+            break
+    assert r.status_code == 202, r.text
+    assert conn.llen(f"rq:queue:{settings.queue}") == 7
