@@ -217,8 +217,9 @@ def _gunzip_whole(f: BinaryIO) -> bytearray | None:
 
     libdeflate runs without the GIL: under load the API's other threads go on meanwhile
     (zlib does too, at half the speed; ISA-L holds the GIL). The content is accepted only
-    when its CRC-32 and length match the trailer at the end of the file, so a damaged,
-    truncated or multi-member file always goes on to :func:`_gunzip_stream`.
+    when its CRC-32 and length match the trailer at the end of the file and no second
+    member header follows, so a damaged, truncated or multi-member file always goes on to
+    :func:`_gunzip_stream`.
     """
     f.seek(0, 2)
     size = f.tell()
@@ -228,8 +229,10 @@ def _gunzip_whole(f: BinaryIO) -> bytearray | None:
     raw = f.read()
     start = _gzip_header_end(raw)
     crc, length = struct.unpack_from("<II", raw, size - 8)
-    if start is None or start > size - 8 or length > WHOLE_INFLATE_MAX:
+    if start is None or start > size - 8 or not 0 < length <= WHOLE_INFLATE_MAX:
         return None
+    if raw.find(b"\x1f\x8b\x08", start) >= 0:
+        return None  # maybe a second member (or those bytes by chance): the stream decides
     try:
         out = deflate.deflate_decompress(memoryview(raw)[start : size - 8], length)
     except deflate.DeflateError:

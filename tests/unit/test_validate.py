@@ -127,3 +127,41 @@ def test_fast_paths_agree_with_the_record_loop(monkeypatch, fmt):
             m.setattr(validate, "_fasta_sequences_ok", lambda lines, more: None)
             slow = _verdict(check, data)
         assert fast == slow, data
+
+
+def _gzip_named(data: bytes, name: str) -> bytes:
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename=name, mode="wb", fileobj=buf, mtime=0) as g:
+        g.write(data)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data, whole",
+    [
+        (gzip.compress(FASTQ), True),
+        (_gzip_named(FASTQ, "reads_1.fastq"), True),  # FNAME in the header
+        (gzip.compress(FASTQ[:400]) + gzip.compress(FASTQ[400:]), False),  # two members
+        (gzip.compress(FASTQ) * 2, False),  # two equal members: the one-call inflate would see the first only
+        (gzip.compress(FASTQ) + b"\0" * 16, False),  # padding after the member
+        (gzip.compress(FASTQ)[:-3], False),  # truncated
+        (gzip.compress(b""), False),  # no content
+    ],
+)
+def test_one_call_inflate_takes_only_whole_single_members(data, whole):
+    """libdeflate's one call is used for a lone, complete member; everything else streams
+    through zlib, and both give the same content (or the same refusal)."""
+    from pipeq import validate
+
+    got = validate._gunzip_whole(io.BytesIO(data))
+    if whole:
+        assert got is not None and bytes(got) == gzip.decompress(data)
+    else:  # equal members have equal trailers: the one call must not pass for the whole file
+        assert got is None
+    try:
+        head = validate._gunzip_head(io.BytesIO(data))
+        streamed = validate._gunzip_stream(io.BytesIO(data))
+        assert (bytes(head[0]), head[1]) == (bytes(streamed[0]), streamed[1])
+    except InvalidInput as e:
+        with pytest.raises(InvalidInput, match=re.escape(str(e))):
+            validate._gunzip_stream(io.BytesIO(data))
