@@ -26,6 +26,7 @@ CHUNK = 1 << 20
 
 
 HEAD_BYTES = 4 * 1024 * 1024
+HEAD_WINDOW = 64 * 1024  # first guess of the bytes that hold the lines looked at (grows by 4x)
 #: gzip files up to this size (compressed, and decompressed as their trailer says) are
 #: inflated in one libdeflate call; larger ones, and anything that call refuses, are streamed
 #: through zlib, which also names the problem.
@@ -168,16 +169,24 @@ def _head_lines(source: Source, want: int = RECORDS_CHECKED * 4) -> tuple[list[b
         data, more = _read_head(source)
     if b"\0" in data:
         raise InvalidInput("the file holds binary data, not text")
-    # Only the first ``want`` lines are looked at: split no further (the rest stays in one piece).
+    # Only the first ``want`` lines are looked at: split only a window that holds them (a
+    # split copies whatever is left after the last split into one more object)
+    full = data
+    if len(data) > HEAD_WINDOW:
+        end = HEAD_WINDOW
+        while end < len(data) and data.count(NL, 0, end) <= want:
+            end *= 4
+        if end < len(data):
+            data = bytes(memoryview(full)[:end])
     lines = data.split(b"\n", want)
     if len(lines) > want:
-        rest = lines.pop()  # everything after line ``want``
+        rest = lines.pop()  # everything after line ``want`` (in the window)
         if more:
-            cut = rest[rest.rfind(b"\n") + 1 :]  # the line cut by our read limit
-            if len(cut) > MAX_LINE:
-                raise InvalidInput(f"line {data.count(NL) + 1} is longer than {MAX_LINE} characters")
+            cut = len(full) - full.rfind(NL) - 1  # the line cut by our read limit
+            if cut > MAX_LINE:
+                raise InvalidInput(f"line {full.count(NL) + 1} is longer than {MAX_LINE} characters")
         else:
-            more = bool(rest)
+            more = bool(rest) or data is not full
     elif more:
         if len(lines[-1]) > MAX_LINE:
             raise InvalidInput(f"line {len(lines)} is longer than {MAX_LINE} characters")

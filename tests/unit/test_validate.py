@@ -165,3 +165,32 @@ def test_one_call_inflate_takes_only_whole_single_members(data, whole):
     except InvalidInput as e:
         with pytest.raises(InvalidInput, match=re.escape(str(e))):
             validate._gunzip_stream(io.BytesIO(data))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        FASTQ * 40,  # ~1 MB: the window holds the 800 lines
+        (FASTQ * 40).replace(b"\n", b"\r\n"),
+        b"@r\n" + b"A" * 70_000 + b"\n+\n" + b"I" * 70_000 + b"\n" + FASTQ * 10,  # long lines: the window grows
+        FASTQ[:4000] + b"@long\n" + b"A" * 70_000 + b"\n" + FASTQ * 10,  # a long line after the lines looked at
+        b"@r\nACGT\n" * 3000 + b"A" * (5 * 1024 * 1024),  # past HEAD_BYTES, its last line cut by the limit
+        b"@r\nACGT\n" * 3000 + b"A" * 50_000,
+    ],
+)
+@pytest.mark.parametrize("gz", [False, True])
+def test_head_window_changes_nothing(monkeypatch, data, gz):
+    """Splitting a window of the head gives the lines, flag and refusals of splitting it all."""
+    from pipeq import validate
+
+    blob = gzip.compress(data) if gz else data
+
+    def run():
+        try:
+            return validate._head_lines(io.BytesIO(blob))
+        except InvalidInput as e:
+            return f"refused: {e}"
+
+    windowed = run()
+    monkeypatch.setattr(validate, "HEAD_WINDOW", 1 << 40)
+    assert windowed == run()
