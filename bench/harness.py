@@ -28,9 +28,17 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a live process and its live children (an API with
+    several processes is a supervisor and its workers), from /proc."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 # ---- test data and pipelines ----------------------------------------------------------------
@@ -95,8 +103,14 @@ class Side:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start_api(self) -> None:
-        self.api = subprocess.Popen(self.api_cmd, env=self.env, cwd=ROOT, start_new_session=True,
+    def start_api(self, processes: int = 1) -> None:
+        """Start the API with ``processes`` processes on its port (pipeq: PIPEQ_API_WORKERS,
+        the baseline: uvicorn's ``--workers``, as its user would run it)."""
+        if processes > 1 and self.name == "baseline":
+            cmd, env = self.api_cmd + ["--workers", str(processes)], self.env
+        else:
+            cmd, env = self.api_cmd, dict(self.env, PIPEQ_API_WORKERS=str(processes))
+        self.api = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True,
                                     stdout=subprocess.DEVNULL, stderr=open(self.data_dir.parent / f"{self.name}-api.log", "ab"))
         deadline = time.monotonic() + 30
         while True:
@@ -108,6 +122,21 @@ class Side:
             if self.api.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} API did not start")
             time.sleep(0.05)
+        if processes > 1:  # every process is serving, not only the first one up
+            while len([p for p in Path("/proc").glob("[0-9]*/stat") if _ppid(p) == self.api.pid]) < processes:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} API did not start {processes} processes")
+                time.sleep(0.05)
+            time.sleep(1.0)
+
+    def stop_api(self) -> None:
+        if self.api and self.api.poll() is None:
+            os.killpg(self.api.pid, signal.SIGTERM)
+            try:
+                self.api.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.api.pid, signal.SIGKILL)
+                self.api.wait()
 
     def start_worker(self, extra_env: dict[str, str], n: int = 1) -> None:
         for i in range(n):
@@ -130,12 +159,14 @@ class Side:
 
     def stop(self) -> None:
         self.stop_workers()
-        if self.api and self.api.poll() is None:
-            os.killpg(self.api.pid, signal.SIGTERM)
-            try:
-                self.api.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.api.pid, signal.SIGKILL)
+        self.stop_api()
+
+
+def _ppid(stat: Path) -> int | None:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
 
 
 def make_sides(redis_url: str, workdir: Path) -> dict[str, Side]:

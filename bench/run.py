@@ -82,6 +82,7 @@ class Bench:
     # ---- 1 + 2 + 5: submission and status, as history grows ----
     def http(self, levels: list[int]) -> None:
         rows_sub, rows_st, rows_jobs, rows_client = [], [], [], []
+        more_processes = ""
         for level in levels:
             self.conn.flushdb()
             t0 = time.monotonic()
@@ -98,6 +99,8 @@ class Bench:
                 rows_sub.append(self.ratio_row(f"{level}", f"{conns}", res))
                 self.results.setdefault("submission", []).append({"history": level, "clients": conns, **{n: [x.row() for x in v] for n, v in res.items()}})
                 rows_client.append([f"POST, {conns} clients, {level} past", *self.cpu_cells(res)])
+            if level == 0:
+                more_processes = self.processes(rows_client)
             queued = {n: [i.decode() for i in self.conn.lrange(f"rq:queue:{self.sides[n].queue}", -64, -1)] for n in ORDER}
             qlen = {n: self.conn.llen(f"rq:queue:{self.sides[n].queue}") for n in ORDER}
             for kind, ids in (("finished", finished), ("queued", queued)):
@@ -118,6 +121,8 @@ class Bench:
         self.results["trivial"] = {n: [x.row() for x in v] for n, v in triv.items()}
         hdr = ["past jobs", "clients", "pipeq req/s", "baseline req/s", "ratio", "pipeq p50 ms", "pipeq p99 ms", "baseline p50 ms", "baseline p99 ms", "errors/non-2xx"]
         self.emit(table("1. Submission: POST /run_pipeline (2 × 50 KB FASTQ.gz + 20 KB FASTA)", hdr, rows_sub))
+        if more_processes:
+            self.emit(more_processes)
         hdr[1] = "job"
         self.emit(table("2. Status: GET /job_status/{id}, 32 clients", hdr, rows_st))
         self.emit(table("5. Cost growth: pipeq-only endpoints (8 clients) and Redis memory", ["past jobs per side", "request", "req/s", "p50 ms", "p99 ms", "errors/non-2xx"], rows_jobs))
@@ -126,6 +131,34 @@ class Bench:
     @staticmethod
     def med(vals):
         return percentile(vals, 0.5)
+
+    def processes(self, rows_client: list) -> str:
+        """1b. Submission at 32 clients with two API processes per side (pipeq
+        PIPEQ_API_WORKERS=2, the baseline ``uvicorn --workers 2``), against one each."""
+        post = lambda s: wrk(s.url + "/run_pipeline", connections=32, seconds=self.seconds, env=self.post_env(), server_pid=s.api.pid)
+        one = self.results["submission"][-1]  # the 32-client run just made, one process per side
+        for side in self.sides.values():
+            side.stop_api()
+            side.start_api(processes=2)
+        try:
+            two = self.alternate(post)
+        finally:
+            for side in self.sides.values():
+                side.stop_api()
+                side.start_api()
+        rows_client.append(["POST, 32 clients, 2 API processes per side", *self.cpu_cells(two)])
+        med = lambda runs: self.med([r["rps"] for r in runs])
+        p1, b1 = med(one["pipeq"]), med(one["baseline"])
+        p2, b2 = self.med([x.rps for x in two["pipeq"]]), self.med([x.rps for x in two["baseline"]])
+        self.results["processes"] = {"one": {"pipeq": p1, "baseline": b1}, "two": {n: [x.row() for x in v] for n, v in two.items()}}
+        rows = [
+            ["1 each", p1, b1, f"{p1 / b1:.2f}×", "", "", ""],
+            ["2 each", p2, b2, f"{p2 / b2:.2f}×", self.med([x.p99_ms for x in two["pipeq"]]), self.med([x.p99_ms for x in two["baseline"]]),
+             sum(x.errors + x.non2xx for v in two.values() for x in v)],
+            ["pipeq 2, baseline 1", p2, b1, f"{p2 / b1:.2f}×", "", "", ""],
+        ]
+        return table("1b. Submission with more API processes: POST /run_pipeline, 32 clients, 0 past jobs",
+                     ["API processes", "pipeq req/s", "baseline req/s", "ratio", "pipeq p99 ms", "baseline p99 ms", "errors/non-2xx"], rows)
 
     def ratio_row(self, a, b, res):
         p, q = res["pipeq"], res["baseline"]
