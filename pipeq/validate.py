@@ -193,7 +193,7 @@ def _head_lines(source: Source, want: int = RECORDS_CHECKED * 4) -> tuple[list[b
         lines.pop()  # possibly cut by our read limit
     elif lines and lines[-1] == b"":
         lines.pop()
-    if lines and max(map(len, lines)) > MAX_LINE:
+    if len(data) > MAX_LINE and lines and max(map(len, lines)) > MAX_LINE:  # (no line is longer than the data)
         for i, line in enumerate(lines):
             if len(line) > MAX_LINE:
                 raise InvalidInput(f"line {i + 1} is longer than {MAX_LINE} characters")
