@@ -122,12 +122,18 @@ class Side:
             if self.api.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} API did not start")
             time.sleep(0.05)
-        if processes > 1:  # every process is serving, not only the first one up
-            while len([p for p in Path("/proc").glob("[0-9]*/stat") if _ppid(p) == self.api.pid]) < processes:
+        if processes > 1:  # every process is up and done importing, not only the first one
+            while len(kids := _api_processes(self.api.pid)) < processes:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{self.name} API did not start {processes} processes")
                 time.sleep(0.05)
-            time.sleep(1.0)
+            before = sum(map(cpu_seconds, kids))
+            while True:
+                time.sleep(0.5)
+                now = sum(map(cpu_seconds, kids))
+                if now - before < 0.05 or time.monotonic() > deadline:
+                    break
+                before = now
 
     def stop_api(self) -> None:
         if self.api and self.api.poll() is None:
@@ -162,11 +168,16 @@ class Side:
         self.stop_api()
 
 
-def _ppid(stat: Path) -> int | None:
-    try:
-        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return None
+def _api_processes(pid: int) -> list[int]:
+    """The serving children of a multi-process uvicorn (not multiprocessing's resource tracker)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid and b"resource_tracker" not in (stat.parent / "cmdline").read_bytes():
+                kids.append(int(stat.parent.name))
+        except OSError:
+            continue
+    return kids
 
 
 def make_sides(redis_url: str, workdir: Path) -> dict[str, Side]:

@@ -140,6 +140,7 @@ class Bench:
         for side in self.sides.values():
             side.stop_api()
             side.start_api(processes=2)
+            wrk(side.url + "/run_pipeline", connections=32, seconds=2, env=self.post_env())  # warm both processes
         try:
             two = self.alternate(post)
         finally:
