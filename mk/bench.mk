@@ -5,7 +5,7 @@
 bench-deps:
 	@PIPEQ_EXTRA_DEBS=wrk scripts/deps.sh
 
-bench: deps venv bench-deps ## benchmarks against plain FastAPI + RQ: submission, status, dispatch, fleet, history (~7 min)
+bench: deps venv bench-deps ## benchmarks against plain FastAPI + RQ: submission, status, dispatch, fleet, history (~13 min)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 bench-quick: deps venv bench-deps ## a one-minute smoke run of the benchmarks (figures not for quoting)
