@@ -29,8 +29,9 @@ HEAD_BYTES = 4 * 1024 * 1024
 HEAD_WINDOW = 64 * 1024  # first guess of the bytes that hold the lines looked at (grows by 4x)
 #: gzip files up to this size (compressed, and decompressed as their trailer says) are
 #: inflated in one libdeflate call; larger ones, and anything that call refuses, are streamed
-#: through zlib, which also names the problem.
-WHOLE_INFLATE_MAX = 16 * 1024 * 1024
+#: through zlib, which also names the problem. As large as the head kept from a stream, so a
+#: check holds no more memory either way.
+WHOLE_INFLATE_MAX = HEAD_BYTES
 
 
 class InvalidInput(ValueError):
