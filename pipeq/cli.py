@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 
 
 def _env(args: argparse.Namespace, **mapping: str) -> None:
@@ -66,9 +68,18 @@ def main(argv: list[str] | None = None) -> int:
 
         s = get_settings()
         if s.api_workers > 1:
-            # each process builds its app from the same PIPEQ_* environment
-            uvicorn.run("pipeq.api.app:create_app", factory=True, workers=s.api_workers,
-                        host=s.host, port=s.port, log_level="info", access_log=False)
+            # each process builds its app from the same PIPEQ_* environment; their metrics
+            # meet in one folder (prometheus_client's multiprocess mode), so /metrics counts
+            # every process's submissions whichever process answers the scrape
+            own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+            if own_dir:
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pipeq-api-metrics-")
+            try:
+                uvicorn.run("pipeq.api.app:create_app", factory=True, workers=s.api_workers,
+                            host=s.host, port=s.port, log_level="info", access_log=False)
+            finally:
+                if own_dir:
+                    shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
         else:
             uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="info", access_log=False)
         return 0

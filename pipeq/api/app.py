@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, multiprocess
 
 from pipeq import __version__, queue
 from pipeq.api.metrics import REGISTRY, QueueCollector
@@ -59,7 +60,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.redis = queue.connect(settings.redis_url)
     registry = CollectorRegistry()
-    registry.register(_Forward(REGISTRY))
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several API processes (pipeq api --workers)
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry.register(_Forward(REGISTRY))
     registry.register(QueueCollector(app.state.redis, settings.queue))
     app.state.metrics_registry = registry
     (settings.data_dir / "jobs").mkdir(parents=True, exist_ok=True)

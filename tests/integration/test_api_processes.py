@@ -101,6 +101,13 @@ def test_two_processes_share_the_queue_and_a_killed_one_is_replaced(api_two, dat
     assert r.status_code == 422
     assert sorted(p.name for p in (settings.data_dir / "jobs").iterdir()) == sorted(ids)
 
+    # /metrics counts every process's submissions, whichever process answers the scrape
+    for _ in range(6):
+        with httpx.Client() as fresh:  # a new connection each time: any process may take it
+            scraped = fresh.get(url + "/metrics", timeout=10).text
+        assert 'pipeq_submissions_total{outcome="accepted"} 6.0' in scraped, scraped
+        assert 'pipeq_submissions_total{outcome="rejected"} 1.0' in scraped
+
     victim = sorted(first)[0]
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: len(_alive_api_processes(proc.pid)) == 2 and victim not in _alive_api_processes(proc.pid),
@@ -112,3 +119,5 @@ def test_two_processes_share_the_queue_and_a_killed_one_is_replaced(api_two, dat
             break
     assert r.status_code == 202, r.text
     assert conn.llen(f"rq:queue:{settings.queue}") == 7
+    # a counter does not go back when its process dies
+    assert 'pipeq_submissions_total{outcome="accepted"} 7.0' in httpx.get(url + "/metrics", timeout=10).text
