@@ -27,18 +27,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _proc_stats() -> dict[int, list[str]]:
+    """The fields after the command name of /proc/<pid>/stat, for every live process."""
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stats[int(stat.parent.name)] = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+    return stats
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a live process and its live children (an API with
     several processes is a supervisor and its workers), from /proc."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if stat.parent.name == str(pid) or fields[1] == str(pid):
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    ticks = sum(int(f[11]) + int(f[12]) for p, f in _proc_stats().items() if p == pid or f[1] == str(pid))
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # ---- test data and pipelines ----------------------------------------------------------------
@@ -171,10 +175,10 @@ class Side:
 def _api_processes(pid: int) -> list[int]:
     """The serving children of a multi-process uvicorn (not multiprocessing's resource tracker)."""
     kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for child, fields in _proc_stats().items():
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid and b"resource_tracker" not in (stat.parent / "cmdline").read_bytes():
-                kids.append(int(stat.parent.name))
+            if fields[1] == str(pid) and b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes():
+                kids.append(child)
         except OSError:
             continue
     return kids

@@ -124,8 +124,8 @@ POSITION_SCAN = 1000
 
 # A job's hash, and what its status needs besides: its place in the queue while queued (two
 # scans bounded by POSITION_SCAN, from the head and from the tail), its latest result once
-# finished. One round trip
-# where RQ makes two or three (HGETALL, then HGET status, then XREVRANGE of the results).
+# finished. One round trip where RQ makes two or three (HGETALL, then HGET status, then
+# XREVRANGE of the results).
 _STATUS = """
 local h = redis.call('HGETALL', KEYS[1])
 if #h == 0 then return false end

@@ -215,8 +215,8 @@ def _read_head(f: BinaryIO) -> tuple[bytes, bool]:
 def _gunzip_head(f: BinaryIO) -> tuple[bytes | bytearray, bool]:
     """Decompress the whole gzip file (all members) to check it; keep its first HEAD_BYTES."""
     whole = _gunzip_whole(f)
-    if whole is not None:  # the checks take a bytearray as they take bytes: not copied
-        return (whole if len(whole) <= HEAD_BYTES else whole[:HEAD_BYTES]), len(whole) > HEAD_BYTES
+    if whole is not None:  # all of it is the head (WHOLE_INFLATE_MAX); a bytearray does as bytes
+        return whole, False
     f.seek(0)
     return _gunzip_stream(f)
 

@@ -8,38 +8,18 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import ROOT, settings_env, wait_for
+from tests.support.pipelines import processes_matching
 
 
-def _children(pid: int) -> set[int]:
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.add(int(stat.parent.name))
-    return found
-
-
-def _alive_api_processes(pid: int) -> set[int]:
-    """The children of the uvicorn supervisor that are not zombies (no multiprocessing helpers)."""
-    procs = set()
-    for child in _children(pid):
-        try:
-            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if state != "Z" and b"resource_tracker" not in cmdline:
-            procs.add(child)
-    return procs
+def _api_processes(settings) -> list[int]:
+    """This test's serving API processes: uvicorn spawns them with multiprocessing (its
+    resource tracker is no API process)."""
+    return processes_matching("spawn_main", env=f"PIPEQ_DATA_DIR={settings.data_dir}")
 
 
 @pytest.fixture
@@ -56,7 +36,7 @@ def api_two(settings):
 
     def up():
         try:
-            return httpx.get(url + "/healthz", timeout=1).status_code == 200 and len(_alive_api_processes(proc.pid)) == 2
+            return httpx.get(url + "/healthz", timeout=1).status_code == 200 and len(_api_processes(settings)) == 2
         except httpx.HTTPError:
             return False
 
@@ -80,7 +60,7 @@ def _submit(url: str, dataset) -> httpx.Response:
 
 def test_two_processes_share_the_queue_and_a_killed_one_is_replaced(api_two, dataset, conn, settings):
     proc, url = api_two
-    first = _alive_api_processes(proc.pid)
+    first = _api_processes(settings)
     assert len(first) == 2
 
     ids = []
@@ -110,7 +90,7 @@ def test_two_processes_share_the_queue_and_a_killed_one_is_replaced(api_two, dat
 
     victim = sorted(first)[0]
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: len(_alive_api_processes(proc.pid)) == 2 and victim not in _alive_api_processes(proc.pid),
+    wait_for(lambda: len(_api_processes(settings)) == 2 and victim not in _api_processes(settings),
              timeout=30, what="uvicorn to replace the killed API process")
     deadline = time.monotonic() + 10
     while True:  # the port answers throughout, from the survivor or the new process
