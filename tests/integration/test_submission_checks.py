@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import shutil
 
 import pytest
 from fastapi.testclient import TestClient
@@ -114,3 +115,27 @@ def test_bearer_token_guards_every_route_but_probes(settings, conn):
             assert getattr(c, method)(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/jobs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+
+
+def test_large_uploads_are_spooled_on_the_data_volume_and_moved_into_place(client, settings, conn, monkeypatch):
+    from pipeq.api import uploads
+
+    monkeypatch.setattr(uploads, "SPOOL_BYTES", 1000)  # every file here outgrows memory
+    big = gzip.compress(FASTQ * 20)
+    r = post(client, [("r.fq.gz", big)], reference=("ref.fa", FASTA * 10))
+    assert r.status_code == 202, r.text
+    job = settings.data_dir / "jobs" / r.json()["job_id"]
+    assert (job / "inputs" / "r.fq.gz").read_bytes() == big
+    assert sorted(p.name for p in (job / "inputs").iterdir()) == ["r.fq.gz", "ref.fa"]  # no spool left
+    conn.flushdb()
+    for p in list((settings.data_dir / "jobs").iterdir()):
+        shutil.rmtree(p)
+    r = post(client, [("r.fq.gz", big[:-8])], reference=("ref.fa", FASTA * 10))  # truncated gzip
+    assert r.status_code == 422 and "truncated" in r.json()["detail"][0]["msg"]
+    nothing_left(settings, conn)
+
+
+def test_other_content_types_are_415(client, settings, conn):
+    r = client.post("/run_pipeline", json={"reads": ["r.fq"]})
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
+    nothing_left(settings, conn)
