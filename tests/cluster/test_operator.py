@@ -150,7 +150,9 @@ class Pools:
     def events(self, name: str = "pool") -> list[dict]:
         items = self.cluster.get_json("events", "-n", self.ns, "--field-selector",
                                       f"involvedObject.kind=WorkerPool,involvedObject.name={name}")["items"]
-        return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        # timestamps have whole seconds and two steps of one burst can share one: the
+        # resourceVersion (etcd's revision, one server here) orders them as they were written
+        return sorted(items, key=lambda e: (e.get("lastTimestamp") or e.get("eventTime") or "", int(e["metadata"]["resourceVersion"])))
 
     def condition(self, type_: str, name: str = "pool") -> str | None:
         for c in (self.pool(name).get("status") or {}).get("conditions") or []:

@@ -4,6 +4,7 @@ chunks, and refuses what is not multipart/form-data with a 4xx and a reason."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gzip
 import os
 
@@ -17,6 +18,13 @@ from pipeq.api.uploads import Rejected
 
 FASTQ = b"".join(b"@r%d\nACGTACGTAC\n+\nIIIIIIIIII\n" % i for i in range(50))
 KEEP = frozenset({"reads", "reference", "sample", "other"})
+
+
+def run_async(coro):
+    """asyncio.run in a thread of its own: the browser tests' sync Playwright leaves an event
+    loop running in the main thread, where asyncio.run refuses to start."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def encode(files, data=None) -> tuple[bytes, str]:
@@ -56,7 +64,7 @@ def ours(body, content_type, chunk, tmp_path, **limits):
                 out.append((p.name, p.filename, f.read()))
         return out
 
-    return asyncio.run(run())
+    return run_async(run())
 
 
 def starlettes(body, content_type):
@@ -71,7 +79,7 @@ def starlettes(body, content_type):
                 out.append((name, value.filename, await value.read()))
         return out
 
-    return asyncio.run(run())
+    return run_async(run())
 
 
 BODIES = {
@@ -113,7 +121,7 @@ def test_large_parts_spool_to_disk_and_small_ones_stay_in_memory(tmp_path, monke
         parts = await uploads.read_form(req, spool_dir=tmp_path / "spool", max_file_bytes=1 << 20, max_total_bytes=1 << 20, keep=KEEP)
         return parts
 
-    parts = asyncio.run(run())
+    parts = run_async(run())
     assert parts[0].path is not None and parts[0].path.parent == tmp_path / "spool"
     assert parts[0].path.read_bytes() == big and parts[0].size == len(big)
     assert parts[1].path is None and parts[1].data == small
@@ -168,10 +176,10 @@ def test_limits_refuse_while_streaming_without_reading_the_rest(tmp_path):
             await uploads.read_form(req, spool_dir=tmp_path / "spool", keep=KEEP, **limits)
         return e.value, len(served)
 
-    r, served = asyncio.run(run(max_file_bytes=10_000, max_total_bytes=1 << 20))
+    r, served = run_async(run(max_file_bytes=10_000, max_total_bytes=1 << 20))
     assert (r.code, r.field) == (413, "reads") and "more than the 10000 accepted bytes per file" in r.reason
     assert served < 20  # of 200 chunks
-    r, _ = asyncio.run(run(max_file_bytes=1 << 20, max_total_bytes=50_000))
+    r, _ = run_async(run(max_file_bytes=1 << 20, max_total_bytes=50_000))
     assert (r.code, r.field) == (413, "files")
     field_body, ctype2 = encode([("reads", ("r.fq", b"@r\n"))], {"sample": "s" * 100_000})
     r = refusal(field_body, ctype2, tmp_path)
