@@ -181,8 +181,9 @@ def _store_and_check(settings: Settings, incoming: Path, reads: list[uploads.Par
             names["reference"] = name
         else:
             names["reads"].append(name)
+    incoming.mkdir(exist_ok=True)  # it exists when a large part was spooled into it
     inputs = incoming / "inputs"
-    inputs.mkdir(parents=True)
+    inputs.mkdir()
     for name, upload in checked:
         if upload.path:  # spooled on the data volume: move it
             upload.path.rename(inputs / name)
