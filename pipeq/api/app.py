@@ -6,12 +6,13 @@ import os
 from pathlib import Path
 
 import redis
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, multiprocess
 
 from pipeq import __version__, queue
+from pipeq.api.deps import require_token
 from pipeq.api.metrics import REGISTRY, QueueCollector
 from pipeq.api.routers import health, jobs, runs
 from pipeq.settings import Settings, get_settings
@@ -74,8 +75,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # multipart framing adds a little to the files' own size
     app.add_middleware(LimitUploadSize, limit=settings.max_total_upload_bytes + 64 * 1024)
-    app.include_router(runs.router)
-    app.include_router(jobs.router)
+    # With no token configured there is nothing to check: the routes go without the
+    # dependency (two dependency resolutions per request, ~60 us of a 1 ms status read)
+    auth = [Depends(require_token)] if settings.api_token else []
+    app.include_router(runs.router, dependencies=auth)
+    app.include_router(jobs.router, dependencies=auth)
     app.include_router(health.router)
 
     if not settings.api_token:

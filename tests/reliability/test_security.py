@@ -34,13 +34,16 @@ def client(settings):
         yield c
 
 
-def _api_routes(routes):
-    """Every APIRoute, also inside included routers (FastAPI >= 0.165 wraps them)."""
+def _api_routes(routes, inherited=()):
+    """Every APIRoute, also inside included routers (FastAPI >= 0.165 wraps them), with the
+    dependencies its router was included with (create_app adds the token check there)."""
     for route in routes:
         if isinstance(route, APIRoute):
+            route.inherited_dependencies = inherited
             yield route
         elif (inner := getattr(route, "original_router", None)) is not None:
-            yield from _api_routes(inner.routes)
+            extra = tuple(d.dependency for d in getattr(route.include_context, "dependencies", None) or ())
+            yield from _api_routes(inner.routes, inherited + extra)
 
 
 def _calls(app):
@@ -91,7 +94,7 @@ def test_the_public_routes_are_only_the_page_and_the_description(client):
     """Any new route without the token dependency fails here, not in production."""
     for template, _, _ in _calls(client.app):
         route = next(r for r in _api_routes(client.app.routes) if r.path == template)
-        guarded = any(d.call is deps.require_token for d in route.dependant.dependencies)
+        guarded = any(d.call is deps.require_token for d in route.dependant.dependencies) or deps.require_token in route.inherited_dependencies
         assert guarded or template in PROBES | PUBLIC_NO_DATA, f"{template} has no token check"
     assert client.get("/static/index.html").status_code == 200  # the page's shell, no data
 
