@@ -32,6 +32,10 @@ from pipeq import queue as pq_queue
 from pipeq.redis_server import RedisServer
 
 ORDER = ("pipeq", "baseline")
+#: mean pause of each of the 32 "thinking" clients before each submission (exponential): they
+#: offer ~150 submissions/s, below what either app serves, so the latency is the service's
+#: own and not the queue a closed loop at full tilt builds (32 / throughput, Little's law)
+THINK_MS = 200
 
 
 class Bench:
@@ -100,6 +104,12 @@ class Bench:
                 self.results.setdefault("submission", []).append({"history": level, "clients": conns, **{n: [x.row() for x in v] for n, v in res.items()}})
                 rows_client.append([f"POST, {conns} clients, {level} past", *self.cpu_cells(res)])
             if level == 0:
+                think = {**self.post_env(), "BENCH_THINK_MS": str(THINK_MS)}
+                res = self.alternate(lambda s: wrk(s.url + "/run_pipeline", connections=32, seconds=self.seconds,
+                                                   env=think, server_pid=s.api.pid))
+                rows_sub.append(self.ratio_row(f"{level}", f"32 thinking (mean pause {THINK_MS} ms)", res))
+                self.results.setdefault("submission", []).append({"history": level, "clients": 32, "think_ms": THINK_MS, **{n: [x.row() for x in v] for n, v in res.items()}})
+                rows_client.append([f"POST, 32 thinking clients, {level} past", *self.cpu_cells(res)])
                 more_processes = self.processes(rows_client)
             queued = {n: [i.decode() for i in self.conn.lrange(f"rq:queue:{self.sides[n].queue}", -64, -1)] for n in ORDER}
             qlen = {n: self.conn.llen(f"rq:queue:{self.sides[n].queue}") for n in ORDER}

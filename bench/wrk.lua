@@ -1,6 +1,6 @@
 -- wrk script for bench/run.py. BENCH_MODE=post: POST the multipart body in BENCH_BODY
 -- (boundary BENCH_BOUNDARY); BENCH_MODE=ids: GET BENCH_PREFIX .. <id> for each line of
--- BENCH_IDS in turn. Prints one line "BENCH {json}" with counts and latency percentiles (us).
+-- BENCH_IDS in turn; BENCH_THINK_MS: see below. Prints one line "BENCH {json}" with counts and latency percentiles (us).
 local mode = os.getenv("BENCH_MODE") or "get"
 if mode == "post" then
   local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
@@ -14,6 +14,16 @@ elseif mode == "ids" then
   request = function()
     i = i % #ids + 1
     return wrk.format("GET", ids[i])
+  end
+end
+
+-- BENCH_THINK_MS: each connection pauses before each request for an exponentially distributed
+-- time of this mean (clients that think, arriving at random, instead of a closed loop at full tilt)
+local think = tonumber(os.getenv("BENCH_THINK_MS") or "")
+if think then
+  math.randomseed(os.time())
+  delay = function()
+    return math.floor(-think * math.log(1 - math.random()))
   end
 end
 
