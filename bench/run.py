@@ -146,7 +146,8 @@ class Bench:
         """1b. Submission at 32 clients with two API processes per side (pipeq
         PIPEQ_API_WORKERS=2, the baseline ``uvicorn --workers 2``), against one each."""
         post = lambda s: wrk(s.url + "/run_pipeline", connections=32, seconds=self.seconds, env=self.post_env(), server_pid=s.api.pid)
-        one = self.results["submission"][-1]  # the 32-client run just made, one process per side
+        # the 32-client run just made with one process per side (not the thinking clients)
+        one = next(r for r in reversed(self.results["submission"]) if r["clients"] == 32 and "think_ms" not in r)
         for side in self.sides.values():
             side.stop_api()
             side.start_api(processes=2)
