@@ -105,8 +105,14 @@ class Bench:
                 rows_client.append([f"POST, {conns} clients, {level} past", *self.cpu_cells(res)])
             if level == 0:
                 think = {**self.post_env(), "BENCH_THINK_MS": str(THINK_MS)}
-                res = self.alternate(lambda s: wrk(s.url + "/run_pipeline", connections=32, seconds=self.seconds,
-                                                   env=think, server_pid=s.api.pid))
+
+                def thinking(s):
+                    # the runs at full tilt just wrote ~0.5 GB of uploads: let the disk write them
+                    # back first, or whichever side comes first measures that writeback's stalls
+                    os.sync()
+                    return wrk(s.url + "/run_pipeline", connections=32, seconds=self.seconds, env=think, server_pid=s.api.pid)
+
+                res = self.alternate(thinking)
                 rows_sub.append(self.ratio_row(f"{level}", f"32 thinking (mean pause {THINK_MS} ms)", res))
                 self.results.setdefault("submission", []).append({"history": level, "clients": 32, "think_ms": THINK_MS, **{n: [x.row() for x in v] for n, v in res.items()}})
                 rows_client.append([f"POST, 32 thinking clients, {level} past", *self.cpu_cells(res)])
