@@ -127,14 +127,14 @@ class Side:
                 raise RuntimeError(f"{self.name} API did not start")
             time.sleep(0.05)
         if processes > 1:  # every process is up and done importing, not only the first one
-            while len(kids := _api_processes(self.api.pid)) < processes:
+            while len(_api_processes(self.api.pid)) < processes:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{self.name} API did not start {processes} processes")
                 time.sleep(0.05)
-            before = sum(map(cpu_seconds, kids))
+            before = cpu_seconds(self.api.pid)  # the supervisor and its children
             while True:
                 time.sleep(0.5)
-                now = sum(map(cpu_seconds, kids))
+                now = cpu_seconds(self.api.pid)
                 if now - before < 0.05 or time.monotonic() > deadline:
                     break
                 before = now

@@ -67,7 +67,6 @@ async def run_pipeline(
     job_id = uuid.uuid4().hex
     final_dir = storage.job_dir(settings.data_dir, job_id)
     incoming = final_dir.with_name(f".incoming-{job_id}")
-    parts: list[uploads.Part] = []
     try:
         # the body is read on the event loop (files over 1 MB are written to disk off it);
         # checks, storage and the Redis round trip (an fsync with AOF) then run in the thread
@@ -82,8 +81,7 @@ async def run_pipeline(
         return await run_in_threadpool(_submit, settings, conn, job_id, parts, incoming, final_dir)
     except BaseException as e:
         # whatever went wrong (a refusal, a full disk, Redis, the client gone): nothing stays
-        for part in parts:
-            part.close()
+        # (read_form closes its parts' spool files, also when it fails)
         shutil.rmtree(incoming, ignore_errors=True)  # on the loop: it exists only for large uploads
         if isinstance(e, Rejected):
             SUBMISSIONS.labels(outcome="rejected").inc()
@@ -93,7 +91,7 @@ async def run_pipeline(
         raise
 
 
-def _refusal(r: uploads.Rejected) -> HTTPException:
+def _refusal(r: Rejected) -> HTTPException:
     if r.code == 422:
         return HTTPException(r.code, detail=[{"loc": ["body", r.field], "msg": r.reason, "type": "value_error"}])
     return HTTPException(r.code, detail=f"{r.field}: {r.reason}" if r.field else r.reason)
@@ -137,12 +135,12 @@ def _fields(parts: list[uploads.Part]) -> tuple[list[uploads.Part], uploads.Part
         raise RequestValidationError(errors)
     for name, found in (("reads", reads), ("reference", references)):
         if any(p.filename is None for p in found):
-            raise uploads.Rejected(422, name, "expected a file upload, not a plain form field")
+            raise Rejected(422, name, "expected a file upload, not a plain form field")
     if len(references) > 1:
-        raise uploads.Rejected(422, "reference", f"give one reference file, not {len(references)}")
+        raise Rejected(422, "reference", f"give one reference file, not {len(references)}")
     sample = samples[-1].text() if samples else None
     if samples and samples[-1].filename is not None:
-        raise uploads.Rejected(422, "sample", "expected a text field, not a file")
+        raise Rejected(422, "sample", "expected a text field, not a file")
     if sample == "":
         sample = None  # an empty form field is an absent one, as FastAPI takes it
     if sample is not None and not _SAMPLE.match(sample):
