@@ -6,7 +6,9 @@ in jobs and queues, not in Redis keys.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import redis
@@ -14,6 +16,8 @@ from rq import Queue, Retry
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
+#: How long a clean-up may hold the queue's cleaning lock (see ``cleaning``).
+CLEAN_LOCK_SECONDS = 10
 #: The field a pipeq worker sets in its RQ worker hash while it runs a job (value: job_id).
 BUSY_FIELD = "pipeq_job"
 #: Sorted set of every job, scored by enqueue time, for ``GET /jobs``.
@@ -139,19 +143,41 @@ def stop_requested(conn: redis.Redis, job_id: str) -> bool:
     return bool(conn.exists(f"pipeq:stop:{job_id}"))
 
 
+@contextlib.contextmanager
+def cleaning(conn: redis.Redis, queue_name: str) -> Iterator[bool]:
+    """Hold the right to clean up ``queue_name``'s registries, if no one else does: yields
+    True then, else False. RQ's clean-up reads the expired entries and requeues them in a
+    later transaction, so two clean-ups at once requeue a job twice and two workers run it
+    as one attempt. Every clean-up (``reap_abandoned`` in workers, the operator and ``pipeq
+    dev``; RQ's maintenance in pipeq workers) runs under this lock. It expires after
+    ``CLEAN_LOCK_SECONDS``, so a holder killed mid-way delays reaping by that much at most
+    (RQ's own maintenance lock lasts 15 minutes)."""
+    lock = conn.lock(f"pipeq:cleaning:{queue_name}", timeout=CLEAN_LOCK_SECONDS, blocking=False)
+    held = lock.acquire()
+    try:
+        yield bool(held)
+    finally:
+        if held:
+            with contextlib.suppress(redis.exceptions.LockError):
+                lock.release()
+
+
 def reap_abandoned(conn: redis.Redis, queue_name: str) -> int:
     """Requeue (or fail, when out of retries) the jobs whose worker stopped renewing the lease.
 
     A running job's lease is its entry in RQ's started registry; pipeq workers renew it every
     few seconds, so an expired entry means the worker died. RQ's own clean-up does the work:
-    retry while ``retries_left``, else move to failed as abandoned. Returns how many expired
-    entries there were.
+    retry while ``retries_left``, else move to failed as abandoned, under :func:`cleaning`
+    (when another clean-up is under way, this one leaves it the work). Returns how many
+    expired entries there were.
     """
     now = time.time()
     key = _keys(queue_name)[1]
     expired = conn.zcount(key, "-inf", now)
     if expired:
-        StartedJobRegistry(queue_name, connection=conn).cleanup(now)
+        with cleaning(conn, queue_name) as mine:
+            if mine:
+                StartedJobRegistry(queue_name, connection=conn).cleanup(now)
     return int(expired)
 
 

@@ -16,6 +16,7 @@ a forked work horse would only add latency. What pipeq adds to RQ:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -26,9 +27,10 @@ import time
 import redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
+from rq.utils import now
 
 from pipeq import storage
-from pipeq.queue import BUSY_FIELD, connect, reap_abandoned
+from pipeq.queue import BUSY_FIELD, cleaning, connect, reap_abandoned
 from pipeq.settings import Settings, get_settings
 from pipeq.worker import task
 
@@ -117,6 +119,14 @@ class PipeqWorker(SimpleWorker):
             except redis.RedisError:
                 pass
         self.set_state("idle")
+
+    def clean_registries(self):
+        # RQ's maintenance under the same lock as every other clean-up (see queue.cleaning)
+        with contextlib.ExitStack() as held:
+            if all([held.enter_context(cleaning(self.connection, q.name)) for q in self.queues]):
+                super().clean_registries()
+                return
+        self.last_cleaned_at = now()  # another process is cleaning: try again next interval
 
     def run_maintenance_tasks(self):
         super().run_maintenance_tasks()

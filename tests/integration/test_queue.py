@@ -53,3 +53,28 @@ def test_status_position_is_exact_near_either_end_and_bounded_between(conn, monk
     at = {i: jobs.fetch_for_status(conn, f"{i:032x}")[1] for i in (0, 9, 10, 15, 19, 20, 29)}
     assert at == {0: 0, 9: 9, 10: None, 15: None, 19: None, 20: 20, 29: 29}
     assert jobs.fetch_for_status(conn, "f" * 32) is None
+
+
+def test_clean_ups_at_once_requeue_an_abandoned_job_once(conn):
+    """Workers, the operator and pipeq dev all reap; RQ's clean-up reads the expired entries and
+    requeues them in a later transaction, so without one lock two reapers requeued one job
+    twice, and two workers ran it as the same attempt (seen in the worker-kill test)."""
+    import threading
+
+    q = queue.get_queue(conn, "pipeline_tasks")
+    for _ in range(20):
+        conn.flushdb()
+        (job,) = enqueue(conn, 1)
+        q.pop_job_id()
+        job.set_status("started")
+        conn.zadd("rq:wip:pipeline_tasks", {f"{job.id}:exec1": time.time() - 1})
+        start = threading.Barrier(8)
+
+        def reap():
+            start.wait()
+            queue.reap_abandoned(conn, "pipeline_tasks")  # redis-py clients are thread-safe
+
+        threads = [threading.Thread(target=reap) for _ in range(8)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert q.job_ids == [job.id]
