@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Print the bin directory of one extra test tool module under tools/<name>/, building its
+# `tool` directives first if they are missing.
+#
+# Test tooling only, never shipped. Each tool that cannot share tools/go.mod (the
+# Kubernetes module, whose replace block pins every k8s.io staging module) gets its own
+# module tools/<name>/go.mod listing its mains as `tool` directives; this script builds
+# them all with `go install tool` into the cache, outside the checkout, keyed by the name
+# and a hash of go.mod (as `go mod edit -json` reads it), go.sum and BUILD_REV, so a fresh
+# clone on the same machine (CI) reuses them at once.
+#
+#   tools/gobuild.sh NAME            # ensure built, print the bin directory
+#   tools/gobuild.sh NAME --check    # print it; exit 0 if built, 1 if not (never builds)
+#
+# Environment: PIPEQ_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/pipeq), and Go's own.
+set -euo pipefail
+name=${1:?usage: tools/gobuild.sh NAME [--check]}
+cd "$(dirname "$0")/$name"
+command -v go >/dev/null || PATH="$PATH:/usr/local/go/bin"
+command -v go >/dev/null || { echo "tools/gobuild.sh: no go on PATH (Go >= 1.26 is needed)" >&2; exit 1; }
+# Bump when the recipe changes in a way go.mod/go.sum don't show.
+BUILD_REV=1
+hash=$( { echo "$BUILD_REV"; go mod edit -json; cat go.sum; } | sha256sum | cut -c1-10)
+cache=${PIPEQ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pipeq}
+dir="$cache/tool-$name-$hash"
+bin="$dir/bin"
+if [ -f "$dir/.complete" ]; then echo "$bin"; exit 0; fi
+if [ "${2:-}" = "--check" ]; then echo "$bin"; exit 1; fi
+
+mkdir -p "$cache"
+exec 9>"$cache/tool-$name.lock"
+flock 9
+if [ -f "$dir/.complete" ]; then echo "$bin"; exit 0; fi
+echo "pipeq: building test tool module tools/$name into $dir (once)" >&2
+start=$(date +%s)
+rm -rf "$dir" "$dir.tmp"
+mkdir -p "$dir.tmp/bin"
+export CGO_ENABLED=${CGO_ENABLED:-0}
+export GOFLAGS="-trimpath -buildvcs=false -mod=readonly"
+GOBIN="$dir.tmp/bin" go install -ldflags="-s -w ${PIPEQ_GO_LDFLAGS:-}" tool >&2
+echo "go=$(go env GOVERSION) seconds=$(( $(date +%s) - start ))" > "$dir.tmp/BUILDINFO"
+mv "$dir.tmp" "$dir"
+touch "$dir/.complete"
+echo "pipeq: built tools/$name in $(( $(date +%s) - start ))s: $bin" >&2
+echo "$bin"
