@@ -23,12 +23,14 @@ usage() {
   cat <<'EOF'
 usage: pipeline.sh --reference REF.fa[.gz] --reads R1.fq[.gz] [--reads R2.fq[.gz]] --outdir DIR
                    [--sample NAME] [--threads N]
+       pipeline.sh --check-only --reference REF.fa[.gz] --reads R1.fq[.gz] [--reads R2.fq[.gz]]
 
 Variant calling on short reads: fastp -> minimap2 -ax sr -> samtools -> bcftools.
 Outputs in DIR: <sample>.bam(.bai), <sample>.vcf.gz(.tbi), fastp.json, fastp.html,
 report.json, report.html (and <sample>.flagstat.txt, <sample>.stats.txt, <sample>.coverage.tsv).
 Progress on stdout: "PROGRESS <pct> <stage> [text]". Exit codes: 0 ok, 2 usage,
-3 missing tool, 4 bad input, 5 a stage failed.
+3 missing tool, 4 bad input, 5 a stage failed. --check-only checks the tools and the
+inputs, then exits (0 when they are fine), running and writing nothing.
 EOF
 }
 
@@ -68,7 +70,7 @@ trap 'trap - ERR; log "interrupted"; exit 130' INT
 trap 'trap - ERR; log "terminated"; exit 143' TERM
 
 # ---- arguments ---------------------------------------------------------------------------
-REFERENCE="" OUTDIR="" SAMPLE="" THREADS=""
+REFERENCE="" OUTDIR="" SAMPLE="" THREADS="" CHECK_ONLY=0
 declare -a READS=()
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || die "$EX_USAGE" "option $1 needs a value (try --help)"; }
 while [ $# -gt 0 ]; do
@@ -79,6 +81,7 @@ while [ $# -gt 0 ]; do
       opt=${1%%=*}; val=${1#*=}; shift
       [ -n "$val" ] || die "$EX_USAGE" "option $opt needs a value (try --help)" ;;
     -h|--help) usage; exit 0 ;;
+    --check-only) CHECK_ONLY=1; shift; continue ;;
     *) die "$EX_USAGE" "unknown argument: $1 (try --help)" ;;
   esac
   case $opt in
@@ -92,7 +95,7 @@ done
 [ -n "$REFERENCE" ] || die "$EX_USAGE" "missing --reference (try --help)"
 [ ${#READS[@]} -ge 1 ] || die "$EX_USAGE" "missing --reads (try --help)"
 [ ${#READS[@]} -le 2 ] || die "$EX_USAGE" "--reads given ${#READS[@]} times: one file (single-end) or two (paired-end)"
-[ -n "$OUTDIR" ] || die "$EX_USAGE" "missing --outdir (try --help)"
+[ -n "$OUTDIR" ] || [ "$CHECK_ONLY" = 1 ] || die "$EX_USAGE" "missing --outdir (try --help)"
 if [ -z "$THREADS" ]; then
   THREADS=$(nproc 2>/dev/null || echo 1)
   [ "$THREADS" -le 4 ] || THREADS=4
@@ -144,11 +147,32 @@ check_fastq() { # check_fastq PATH: the first records parse, sequence and qualit
     die "$EX_INPUT" "reads file is not FASTQ (no complete record): $f"
   fi
 }
-check_fasta() { # check_fasta PATH: starts with a '>' header followed by sequence
-  local f=$1 first second
-  { IFS= read -r first || true; IFS= read -r second || true; } < <(head_lines 2 "$f" | tr -d '\r')
-  [[ $first == '>'?* ]] || die "$EX_INPUT" "reference is not FASTA (first line does not start with '>'): $f"
-  [[ $second =~ ^[A-Za-z*-]+$ ]] || die "$EX_INPUT" "reference is not FASTA (no sequence after the first header): $f"
+# A reference's sequence letters: the IUPAC nucleotide codes, either case. The API's upload
+# check (pipeq/validate.py, REFERENCE_BASES and FASTA_LINES_CHECKED) is the same, so an
+# accepted upload passes here; a test keeps the two equal.
+readonly REFERENCE_BASES=ACGTURYSWKMBDHVN FASTA_LINES_CHECKED=500 MAX_LINE=65536
+check_fasta() { # check_fasta PATH: a whole gzip stream; the first lines parse as FASTA
+  local f=$1 problem
+  if is_gzip "$f" && ! gzip -t -- "$f" 2>/dev/null; then
+    die "$EX_INPUT" "reference is a truncated or corrupt gzip file: $f"
+  fi
+  problem=$(head_lines $((FASTA_LINES_CHECKED + 1)) "$f" | sed 's/\r$//' | awk -v want="$FASTA_LINES_CHECKED" \
+    -v bases="$REFERENCE_BASES" -v max="$MAX_LINE" '
+    function bad(why) { print why; refused = 1; exit }
+    BEGIN { ok = "^[" bases tolower(bases) "]*$" }
+    NR > want { more = 1; exit }
+    length($0) > max { bad("line " NR " is longer than " max " characters") }
+    NR == 1 && /^@/ { bad("it looks like FASTQ: records start with @") }
+    NR == 1 && !/^>/ { bad("the first line does not start with >") }
+    /^>/ {
+      if (seqs && !n) bad("sequence " seqs " has no bases")
+      if (length($0) < 2) bad("line " NR ": a header must name the sequence")
+      seqs++; n = 0; next
+    }
+    $0 !~ ok { bad("line " NR ": the sequence has characters that are not IUPAC nucleotide codes (" bases ")") }
+    { n += length($0) }
+    END { if (!refused && !more && !n) print "sequence " seqs " has no bases" }' || true)
+  [ -z "$problem" ] || die "$EX_INPUT" "reference is not FASTA ($problem): $f"
 }
 
 check_file "reference" "$REFERENCE"
@@ -177,6 +201,7 @@ done
 if [ "$PAIRED" = 1 ] && [ "${RECORDS[0]}" != "${RECORDS[1]}" ]; then
   die "$EX_INPUT" "paired reads files differ in length: ${RECORDS[0]} records in ${READS[0]}, ${RECORDS[1]} in ${READS[1]}"
 fi
+if [ "$CHECK_ONLY" = 1 ]; then log "tools and inputs are fine"; exit 0; fi
 
 # absolute input paths, then work inside the outdir only
 abspath() { (cd -- "$(dirname -- "$1")" && printf '%s/%s\n' "$(pwd -P)" "$(basename -- "$1")"); }

@@ -21,8 +21,16 @@ import deflate  # libdeflate: whole-buffer inflate that runs without the GIL
 #: submission, 40 us for a 50 KB FASTQ.gz), and pipeline.sh checks the first 10 and the
 #: line count of the whole file again before any tool runs.
 RECORDS_CHECKED = 50
+#: How many lines of a reference are parsed (pipeline.sh's check_fasta reads as many).
+FASTA_LINES_CHECKED = RECORDS_CHECKED * 10
 MAX_LINE = 64 * 1024
-_SEQ = re.compile(rb"^[A-Za-z*.\-]*$")  # IUPAC letters, gaps and stops
+_SEQ = re.compile(rb"^[A-Za-z*.\-]*$")  # reads: IUPAC letters, gaps and stops
+#: The letters of a reference's sequence: the IUPAC nucleotide codes, either case (soft-masked
+#: repeats are lower case). Gaps ('-', '.') and stops ('*') belong to alignments and proteins,
+#: not to a reference the aligner indexes. pipeline.sh's check_fasta uses the same set (its
+#: REFERENCE_BASES); a test keeps the two equal and runs both on one corpus.
+REFERENCE_BASES = b"ACGTURYSWKMBDHVN"
+_REF_SEQ = re.compile(rb"^[" + REFERENCE_BASES + REFERENCE_BASES.lower() + rb"]*$")
 _QUAL = re.compile(rb"^[!-~]*$")
 GZIP_MAGIC = b"\x1f\x8b"
 NL = b"\n"
@@ -86,6 +94,7 @@ def check_fastq(source: Source) -> int:
 # them leaves nothing exactly when every line matches
 _SEQ_BYTES = bytes(range(ord("A"), ord("Z") + 1)) + bytes(range(ord("a"), ord("z") + 1)) + b"*.-\n"
 _QUAL_BYTES = bytes(range(ord("!"), ord("~") + 1)) + b"\n"
+_REF_BYTES = REFERENCE_BASES + REFERENCE_BASES.lower() + b"\n"
 
 
 def _fastq_records_ok(lines: list[bytes]) -> bool:
@@ -124,7 +133,7 @@ def _fasta_sequences_ok(lines: list[bytes], more: bool) -> int | None:
     if lines[0][:1] != b">" or not all(lines) or b">" in lines:
         return None  # not FASTA, a blank line, or a header without a name
     bases, headers = _FASTA_HEADER_LINE.subn(b"", text)
-    if bases.translate(None, _SEQ_BYTES):
+    if bases.translate(None, _REF_BYTES):
         return None
     if _FASTA_NO_BASES.search(text) or (not more and lines[-1][:1] == b">"):
         return None  # a sequence with no bases
@@ -133,7 +142,7 @@ def _fasta_sequences_ok(lines: list[bytes], more: bool) -> int | None:
 
 def check_fasta(source: Source) -> int:
     """Check that ``source`` holds a FASTA reference; return the number of sequences seen."""
-    lines, more = _head_lines(source, want=RECORDS_CHECKED * 10)
+    lines, more = _head_lines(source, want=FASTA_LINES_CHECKED)
     if not lines:
         raise InvalidInput("the file is empty")
     if lines[0][:1] == b"@":
@@ -151,8 +160,8 @@ def check_fasta(source: Source) -> int:
             if len(line) < 2:
                 raise InvalidInput(f"line {n}: a FASTA header must name the sequence")
             sequences, bases = sequences + 1, 0
-        elif line and not _SEQ.match(line):
-            raise InvalidInput(f"line {n}: the sequence has characters that are not bases")
+        elif line and not _REF_SEQ.match(line):
+            raise InvalidInput(f"line {n}: the sequence has characters that are not IUPAC nucleotide codes ({REFERENCE_BASES.decode()})")
         else:
             bases += len(line)
     if not bases and not more:

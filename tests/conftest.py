@@ -62,6 +62,18 @@ def settings_env(settings: Settings, **extra) -> dict[str, str]:
     return env
 
 
+@pytest.fixture
+def client(settings):
+    """The API app of these settings, in process (lifespan run). A test module that needs
+    other settings overrides the ``settings`` fixture, asking for this one."""
+    from fastapi.testclient import TestClient
+
+    from pipeq.api.app import create_app
+
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory):
     """Simulated paired-end reads with planted SNPs, and their reference."""

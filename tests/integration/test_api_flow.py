@@ -5,16 +5,8 @@ from __future__ import annotations
 import gzip
 
 import pytest
-from fastapi.testclient import TestClient
 
-from pipeq.api.app import create_app
 from tests.conftest import wait_for
-
-
-@pytest.fixture
-def client(settings):
-    with TestClient(create_app(settings)) as c:
-        yield c
 
 
 def submit(client, dataset, sample="S1", **extra):

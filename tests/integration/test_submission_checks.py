@@ -15,12 +15,6 @@ FASTQ = b"".join(b"@r%d\nACGTACGTAC\n+\nIIIIIIIIII\n" % i for i in range(50))
 FASTA = b">chr1\n" + b"ACGT" * 100 + b"\n"
 
 
-@pytest.fixture
-def client(settings):
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
 def post(client, reads, reference=("ref.fa", FASTA), **data):
     files = [("reads", r) for r in reads] + ([("reference", reference)] if reference else [])
     return client.post("/run_pipeline", files=files, data=data)

@@ -10,19 +10,11 @@ import time
 import uuid
 
 import pytest
-from fastapi.testclient import TestClient
 
-from pipeq.api.app import create_app
 from tests.conftest import wait_for
 from tests.support import pipelines
 
 FINAL = ("finished", "failed", "canceled", "stopped")
-
-
-@pytest.fixture
-def client(settings):
-    with TestClient(create_app(settings)) as c:
-        yield c
 
 
 def submit(client, dataset, sample="S1"):

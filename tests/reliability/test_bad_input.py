@@ -8,9 +8,6 @@ import os
 import uuid
 
 import pytest
-from fastapi.testclient import TestClient
-
-from pipeq.api.app import create_app
 
 pytestmark = pytest.mark.reliability
 
@@ -35,10 +32,9 @@ CORPUS = {
 
 
 @pytest.fixture
-def client(settings):
+def settings(settings):
     settings.max_upload_bytes = 200_000
-    with TestClient(create_app(settings)) as c:
-        yield c
+    return settings
 
 
 @pytest.mark.parametrize("case", list(CORPUS))

@@ -11,10 +11,8 @@ import uuid
 
 import pytest
 from fastapi.routing import APIRoute
-from fastapi.testclient import TestClient
 
 from pipeq.api import deps
-from pipeq.api.app import create_app
 
 pytestmark = pytest.mark.reliability
 
@@ -28,10 +26,9 @@ FA = b">c\n" + b"ACGT" * 20 + b"\n"
 
 
 @pytest.fixture
-def client(settings):
+def settings(settings):
     settings.api_token = TOKEN
-    with TestClient(create_app(settings)) as c:
-        yield c
+    return settings
 
 
 def _api_routes(routes, inherited=()):

@@ -74,7 +74,8 @@ def test_fasta_accepted(tmp_path, data):
         (b">\nACGT\n", "must name the sequence"),
         (b">c1\n>c2\nACGT\n", "no bases"),
         (b">c1\nACGT\n>c2\n", "no bases"),
-        (b">c1\nAC1GT\n", "not bases"),
+        (b">c1\nAC1GT\n", "not IUPAC nucleotide codes"),
+        (b">c1\nACGT.ACGT\n", "not IUPAC nucleotide codes"),
         (gzip.compress(FASTA)[:-5], "truncated"),
     ],
 )
