@@ -89,10 +89,13 @@ class Workers:
         self.settings = settings
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str | None = None, **env) -> subprocess.Popen:
+    def start(self, name: str | None = None, *, as_pid1: bool = False, **env) -> subprocess.Popen:
+        """Start a worker; ``as_pid1``: as a child subreaper, which orphans come to as they
+        come to PID 1 of a pod without an init (see tests.support.subreaper)."""
         name = name or f"w{len(self.procs) + 1}-{os.getpid()}"
+        wrap = [sys.executable, "-m", "tests.support.subreaper"] if as_pid1 else []
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeq", "worker"],
+            [*wrap, sys.executable, "-m", "pipeq", "worker"],
             env=settings_env(self.settings, PIPEQ_WORKER_NAME=name, **env),
             cwd=ROOT,
             start_new_session=True,

@@ -4,8 +4,13 @@ The worker starts this script as the leader of a new session; it runs the pipeli
 child in the same process group. Its one job is the case the worker cannot handle itself:
 when the worker dies (SIGKILL, OOM), the kernel sends the guard SIGTERM (PR_SET_PDEATHSIG),
 and the guard kills the whole group — TERM, then KILL after the grace period — so no
-pipeline process outlives its worker. On a normal end it reaps the group's stragglers too
+pipeline process outlives its worker. On a normal end it kills the group's stragglers too
 and exits with the pipeline's exit code.
+
+It reaps what it kills: an orphan comes to the guard (below), so when it dies it is the
+guard's zombie, and a guard that exited without waiting for it would hand it on to the
+worker, which never waits for children it did not start (in a pod without an init, the
+worker is PID 1: its zombies would pile up for the pod's life).
 
 "The group" is the guard's process group plus every descendant of the guard: the guard is a
 child subreaper (PR_SET_CHILD_SUBREAPER), so a process that leaves the group with setsid()
@@ -63,6 +68,21 @@ def kill_group(grace: float) -> None:
         time.sleep(0.05)
     for pid in group_members(pgid):
         _signal(pid, signal.SIGKILL)
+    reap(grace)
+
+
+def reap(timeout: float) -> None:
+    """Wait for every child that has ended or is about to (killed), for up to ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return  # no children left
+        if pid == 0:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -90,7 +110,11 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_term)
     # as subprocess.Popen would: SIGPIPE and SIGXFSZ back to their defaults (Python ignores them)
     pid = os.posix_spawnp(cmd[0], cmd, os.environ, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
-    rc = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    while True:  # the pipeline's orphans that end meanwhile are reaped as they go
+        done, status = os.waitpid(-1, 0)
+        if done == pid:
+            break
+    rc = os.waitstatus_to_exitcode(status)
     # what the pipeline left running in the background ends with it
     if group_members(os.getpgrp()):
         kill_group(min(grace, 1.0))

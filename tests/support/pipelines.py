@@ -46,6 +46,13 @@ sh -c "trap '' TERM; sleep 300; echo $marker-sh" &
 wait
 """
 
+# A pipeline that succeeds at once and leaves a process running in the background.
+LEAVES_CHILD = HEADER + """
+( exec -a "${PIPEQ_TEST_MARKER:-pipeq-test-marker}-bg" sleep 300 ) >/dev/null 2>&1 &
+echo '{"sample": "x"}' > "$outdir/report.json"
+echo "PROGRESS 100 done"
+"""
+
 
 def write(directory: Path, name: str, body: str) -> Path:
     path = Path(directory) / name
@@ -73,5 +80,20 @@ def processes_matching(text: str, env: str | None = None) -> list[int]:
                         continue
                 except OSError:
                     continue
+            found.append(int(entry.name))
+    return found
+
+
+def zombies_of(parents: set[int]) -> list[int]:
+    """Pids of the zombies whose parent is one of ``parents``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if state == "Z" and int(ppid) in parents:
             found.append(int(entry.name))
     return found
