@@ -24,6 +24,15 @@ BUSY_FIELD = "pipeq_job"
 JOBS_INDEX = "pipeq:jobs"
 #: The task the workers run.
 TASK = "pipeq.worker.task.run_pipeline"
+#: Marks a submission given up after its enqueue went unanswered (see ``enqueue_run``); kept
+#: far longer than any stall during which the unanswered transaction could still arrive.
+ABANDONED_PREFIX = "pipeq:abandoned:"
+ABANDONED_TTL = 86400
+
+
+class EnqueueUncertain(redis.RedisError):
+    """The enqueue got no answer and Redis could not say afterwards whether it happened: the
+    job may exist (then it runs), or may not (its folder is then pruned as an orphan)."""
 
 
 def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
@@ -55,12 +64,20 @@ def enqueue_run(
     The job has no RQ timeout (-1): the worker enforces the pool's pipeline timeout itself,
     so that one job can run on pools with different timeouts. ``retries`` extra attempts are
     granted for a job whose worker died; the task forfeits them when the pipeline itself fails.
+
+    Raises RedisError only when the job surely does not exist and never will, and
+    EnqueueUncertain when that cannot be told. An error after the transaction was sent is
+    ambiguous (a reply that timed out may follow a transaction Redis ran, or will run once it
+    resumes): then the submission is given up in Redis, atomically, unless the job exists,
+    and the transaction, which watches that mark, can no longer happen after it.
     """
     q = get_queue(conn, queue_name)
     now = time.time()
-    # One transaction, one round trip: the job, its place in the queue and in the index
-    # (RQ alone makes two round trips, each an fsync with appendfsync always).
+    # One transaction: the job, its place in the queue and in the index (RQ alone makes two
+    # round trips, each an fsync with appendfsync always), after a WATCH of the abandoned mark.
     with conn.pipeline() as p:
+        p.watch(ABANDONED_PREFIX + job_id)  # if this fails, nothing of the job was sent
+        p.multi()
         job = q.enqueue_call(
             TASK,
             kwargs=kwargs,
@@ -75,8 +92,32 @@ def enqueue_run(
         )
         p.zadd(JOBS_INDEX, {job_id: now})
         p.zremrangebyscore(JOBS_INDEX, 0, now - ttl)
-        p.execute()
+        try:
+            p.execute()
+        except redis.RedisError as e:
+            if not _exists_or_abandon(conn, job_id, e):
+                raise
     return job
+
+
+# The job exists (1), or the submission is marked abandoned, which aborts its transaction
+# if it is still on its way (0).
+_ABANDON = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+redis.call('SET', KEYS[2], 1, 'EX', ARGV[1])
+return 0
+"""
+
+
+def _exists_or_abandon(conn: redis.Redis, job_id: str, error: redis.RedisError, tries: int = 3) -> bool:
+    """After an unanswered enqueue of ``job_id``: True if the job exists, False if it does not
+    and now cannot; EnqueueUncertain if Redis does not answer ``tries`` times."""
+    for _ in range(tries):
+        try:
+            return bool(conn.eval(_ABANDON, 2, Job.key_for(job_id), ABANDONED_PREFIX + job_id, ABANDONED_TTL))
+        except redis.RedisError:
+            continue
+    raise EnqueueUncertain(f"Redis did not confirm the job or its absence ({type(error).__name__}: {error})") from error
 
 
 @dataclass

@@ -111,8 +111,10 @@ def _submit(settings: Settings, conn: redis.Redis, job_id: str, parts: list[uplo
     kwargs = {"reads": names["reads"], "reference": names["reference"], "sample": sample}
     try:
         queue.enqueue_run(conn, settings.queue, job_id, kwargs, meta=meta, retries=settings.retries, ttl=settings.job_ttl)
+    except queue.EnqueueUncertain:
+        raise  # the job may exist: its inputs stay (a folder without a job is pruned later)
     except redis.RedisError:
-        shutil.rmtree(final_dir, ignore_errors=True)
+        shutil.rmtree(final_dir, ignore_errors=True)  # the job does not exist, nor will
         raise
     SUBMISSIONS.labels(outcome="accepted").inc()
     # the model's own JSON, as in job_status (response_model still gives the schema)
