@@ -174,6 +174,26 @@ def queue_stats(conn: redis.Redis, queue_name: str) -> QueueStats:
     )
 
 
+def cancel_queued(conn: redis.Redis, job: Job) -> bool:
+    """Cancel ``job`` (RQ's cancel) if it still waits in its queue, in one transaction with
+    that check: True when canceled, False when it is not in the queue (a worker has taken it,
+    perhaps since the caller read it as queued: stop it instead)."""
+    q = get_queue(conn, job.origin)
+    with conn.pipeline() as p:
+        while True:
+            try:
+                # a dequeue changes the queue (and the job, when the worker marks it started)
+                p.watch(q.key, job.key)
+                if p.lpos(q.key, job.id) is None:
+                    return False
+                p.multi()
+                job.cancel(pipeline=p)
+                p.execute()
+                return True
+            except redis.WatchError:
+                continue
+
+
 def request_stop(conn: redis.Redis, job_id: str, ttl: int) -> None:
     """Record that ``job_id`` must stop. RQ's stop command reaches only a live worker; this
     mark also reaches the next attempt of a job whose worker died (see ``stop_requested``)."""

@@ -7,6 +7,7 @@ and ``pipeline.log`` (the pipeline's output, all attempts).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
@@ -89,7 +90,8 @@ def prune(data_dir: Path, job_exists, older_than: float, incoming_older_than: fl
 
     A job folder goes when ``job_exists(job_id)`` is false and it was last changed more than
     ``older_than`` seconds ago; an ``.incoming-*`` folder (an upload cut off by a crash) when
-    older than ``incoming_older_than``. Returns the names removed.
+    nothing in it has changed for ``incoming_older_than`` (a long upload goes on writing its
+    spool file, whose folders' mtimes no longer change). Returns the names removed.
     """
     root = jobs_root(data_dir)
     if not root.is_dir():
@@ -101,10 +103,22 @@ def prune(data_dir: Path, job_exists, older_than: float, incoming_older_than: fl
         except OSError:
             continue
         if entry.name.startswith(".incoming-"):
-            stale = age > incoming_older_than
+            stale = age > incoming_older_than and now - _last_change(entry) > incoming_older_than
         else:
             stale = JOB_ID_RE.match(entry.name) is not None and age > older_than and not job_exists(entry.name)
         if stale:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry.name)
     return removed
+
+
+def _last_change(folder: Path) -> float:
+    """The newest mtime of ``folder`` and everything in it (an upload's few files)."""
+    newest = 0.0
+    for parent, dirs, files in os.walk(folder):
+        for name in (*dirs, *files):
+            try:
+                newest = max(newest, os.lstat(os.path.join(parent, name)).st_mtime)
+            except OSError:
+                pass
+    return newest

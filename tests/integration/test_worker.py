@@ -10,6 +10,8 @@ import time
 import uuid
 
 import pytest
+from rq.job import Job
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 
 from tests.conftest import wait_for
 from tests.support import pipelines
@@ -58,7 +60,7 @@ def test_timeout_kills_children_and_grandchildren(client, dataset, workers, sett
     assert s["attempt"] == 1  # a timeout is not retried
 
 
-def test_failed_pipeline_reports_reason_and_is_not_retried(client, dataset, workers, use_pipeline):
+def test_failed_pipeline_reports_reason_and_is_not_retried(client, dataset, workers, use_pipeline, settings, conn):
     use_pipeline(pipelines.FAILING)
     job_id = submit(client, dataset)
     workers.start()
@@ -66,7 +68,10 @@ def test_failed_pipeline_reports_reason_and_is_not_retried(client, dataset, work
     assert s["status"] == "failed"
     assert s["error"]["reason"] == "pipeline failed" and s["error"]["exit_code"] == 5
     assert "something went wrong in stage two" in s["error"]["stderr_tail"]
-    time.sleep(1.5)
+    # not retried: RQ holds it as failed with no retries left, nothing is queued for it again
+    job = Job.fetch(job_id, connection=conn)
+    assert job.retries_left == 0 and job_id in FailedJobRegistry(settings.queue, connection=conn)
+    assert conn.llen(f"rq:queue:{settings.queue}") == 0 and not ScheduledJobRegistry(settings.queue, connection=conn).get_job_ids()
     assert status(client, job_id)["attempt"] == 1
 
 
@@ -147,6 +152,32 @@ def test_cancel_queued_and_stop_running(client, dataset, workers, use_pipeline, 
     assert client.delete(f"/jobs/{running}").status_code == 200
     s = until(client, running, timeout=15)
     assert s["status"] == "stopped" and s["error"]["reason"] == "stopped"
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=5, what="the pipeline to be killed")
+
+
+def test_cancel_of_a_job_a_worker_takes_meanwhile_stops_it(client, dataset, workers, use_pipeline, tmp_path, monkeypatch):
+    """DELETE read the job as queued; a worker takes it before the cancel: the job must be
+    stopped (its pipeline killed), not marked canceled while it runs on."""
+    from pipeq.api.routers import jobs as jobs_router
+
+    use_pipeline(pipelines.SLEEPY)
+    trace = tmp_path / "trace"
+    job_id = submit(client, dataset)
+    real = jobs_router.job_or_404
+
+    def stale_read(conn, job_id):
+        found = real(conn, job_id)  # read while queued ...
+        workers.start(PIPEQ_TEST_SLEEP=30, PIPEQ_TEST_TRACE=trace)
+        wait_for(lambda: trace.exists(), timeout=15, what="a worker to take the job")  # ... taken since
+        return found
+
+    monkeypatch.setattr(jobs_router, "job_or_404", stale_read)
+    assert status(client, job_id)["status"] == "queued"
+    r = client.delete(f"/jobs/{job_id}")
+    assert r.status_code == 200, r.text
+    pid = int(trace.read_text().split()[1])
+    s = until(client, job_id, timeout=15)
+    assert s["status"] == "stopped" and s["error"]["reason"] == "stopped", s
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=5, what="the pipeline to be killed")
 
 

@@ -92,3 +92,21 @@ def test_filename_problem_names_paths_and_control_characters(name):
 @pytest.mark.parametrize("name", ["r1.fq.gz", "naïve ☃.fq", "read 1 (copy).fq", "ＮＦＫＣ.fa", ""])
 def test_filename_problem_accepts_plain_names(name):
     assert storage.filename_problem(name) is None
+
+
+def test_prune_keeps_an_upload_still_being_written_after_an_hour(tmp_path):
+    """A large upload spools into .incoming-<id>/spool/part-N: the folders' own mtimes stop
+    changing once the part file exists, the part file's goes on while bytes arrive."""
+    root = tmp_path / "jobs"
+    live, dead = root / ".incoming-live", root / ".incoming-dead"
+    for d in (live, dead):
+        (d / "spool").mkdir(parents=True)
+        (d / "spool" / "part-1").write_bytes(b"@r\n")
+    two_hours_ago = os.path.getmtime(live) - 7200
+    for path in (live / "spool", live, dead / "spool" / "part-1", dead / "spool", dead):
+        os.utime(path, (two_hours_ago,) * 2)
+    with open(live / "spool" / "part-1", "ab") as f:
+        f.write(b"ACGT\n")  # still arriving
+    removed = storage.prune(tmp_path, job_exists=lambda i: False, older_than=3600, incoming_older_than=3600)
+    assert removed == [".incoming-dead"]
+    assert (live / "spool" / "part-1").exists()

@@ -56,9 +56,8 @@ def cancel_job(
     current = jobs.to_status(job, position=position, with_result=False)
     if current.status in jobs.FINAL:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"the job has already ended ({current.status})")
-    if current.status == "queued":
-        job.cancel()
-    else:
+    # a worker may take the job between that read and the cancel: then it is stopped instead
+    if current.status != "queued" or not queue.cancel_queued(conn, job):
         queue.request_stop(conn, job_id, settings.job_ttl)
         send_stop_job_command(conn, job_id)
     return status_of(conn, job_id)
