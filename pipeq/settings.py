@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     # Where things are
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the queue, jobs and registries.")
     queue: str = Field("pipeline_tasks", description="RQ queue the API enqueues to and workers listen on.")
-    data_dir: Path = Field(Path("./data"), description="Root of the job folders, shared by the API and workers.")
+    data_dir: Path = Field(Path("./data"), description="Root of the job folders, shared by the API and workers (with `PIPEQ_STORAGE=file`).")
+    storage: str = Field("file", pattern=r"^(file|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?)$", description="Where job files live: `file` (the data folder) or `s3://BUCKET[/PREFIX]` (endpoint and credentials from the standard AWS variables: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, profiles).")
     pipeline: Path = Field(default_factory=_default_pipeline, description="The pipeline script workers run.")
 
     # The API
@@ -47,6 +48,8 @@ class Settings(BaseSettings):
     retries: int = Field(2, ge=0, description="Extra attempts for a job whose worker died (a pipeline that fails by itself is not retried).")
     lease_seconds: int = Field(15, ge=3, description="A running job's lease; a job whose worker stops renewing it is requeued after this.")
     worker_name: str | None = Field(None, description="RQ worker name; defaults to the pod name (HOSTNAME) on Kubernetes.")
+    scratch_dir: Path = Field(Path("/tmp/pipeq-scratch"), description="With object storage: local folder where a worker copies a job's inputs and runs it (freed after every attempt).")
+    log_upload_interval: float = Field(5.0, gt=0, description="With object storage: seconds between uploads of a running job's log.")
     maintenance_interval: int = Field(5, ge=1, description="Seconds between a worker's registry clean-ups (which requeue abandoned jobs).")
 
     # pipeq dev: local autoscaled workers

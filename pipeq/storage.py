@@ -75,10 +75,14 @@ def output_file(data_dir: Path, job_id: str, name: str) -> Path | None:
 
 def list_outputs(data_dir: Path, job_id: str) -> list[str]:
     """Names of the regular files in a job's output folder, sorted."""
-    out = job_dir(data_dir, job_id) / "output"
-    if not out.is_dir():
+    return files_in(job_dir(data_dir, job_id) / "output")
+
+
+def files_in(folder: Path) -> list[str]:
+    """Names of the regular files directly in ``folder``, sorted (what a job publishes)."""
+    if not folder.is_dir():
         return []
-    return sorted(p.name for p in out.iterdir() if p.is_file() and not p.is_symlink())
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and not p.is_symlink())
 
 
 def remove_job_dir(data_dir: Path, job_id: str) -> None:

@@ -7,6 +7,7 @@ the first records must parse — for FASTQ, sequence and quality lengths must ag
 
 from __future__ import annotations
 
+import io
 import re
 import struct
 import zlib
@@ -290,34 +291,75 @@ def _gzip_header_end(raw: bytes) -> int | None:
 
 
 def _gunzip_stream(f: BinaryIO) -> tuple[bytes, bool]:
-    """:func:`_gunzip_head` for any gzip file: zlib, a chunk at a time, all members.
+    """:func:`_gunzip_head` for any gzip file: zlib, a chunk at a time, all members."""
+    seen = StreamCheck()
+    while chunk := f.read(CHUNK):
+        seen.feed(chunk)
+    return seen.head()
 
-    Output is produced in bounded steps, so a decompression bomb costs time, not memory.
+
+class StreamCheck:
+    """The whole-stream part of the checks for a file seen once, as it streams in (an upload
+    stored in object storage, never read back): feed it the file's bytes in order, then
+    :meth:`open` gives what the record checks read.
+
+    Gzip is inflated as it arrives (all members, in bounded steps, so a decompression bomb
+    costs time, not memory) and must end whole; the first HEAD_BYTES of the content, and
+    whether more follows, are kept.
     """
-    parts: list[bytes] = []  # the head, in pieces (most uploads: one piece, never copied)
-    kept = 0
-    more = False
-    d = zlib.decompressobj(wbits=31)
-    pending = False  # inside a member that has not ended yet
-    try:
-        while chunk := f.read(CHUNK):
-            buf = chunk
-            while buf:
-                pending = True
-                out = d.decompress(buf, 4 * CHUNK)
-                room = HEAD_BYTES - kept
-                if room > 0 and out:
-                    parts.append(out if len(out) <= room else out[:room])
-                    kept += len(parts[-1])
-                more = more or len(out) > room
-                if d.eof:
-                    buf = d.unused_data
-                    d = zlib.decompressobj(wbits=31)
-                    pending = False
+
+    def __init__(self):
+        self._kept: list[bytes] = []  # the head, in pieces (HEAD_BYTES + 1 at most)
+        self._room = HEAD_BYTES + 1  # one byte past the head tells that more follows
+        self._start = b""  # the first bytes, until the gzip magic can be told
+        self._gzip: bool | None = None
+        self._d = None  # the decompressor of the member under way (None between members)
+        self._error: InvalidInput | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if self._error is not None:
+            return
+        if self._gzip is None:
+            self._start += chunk
+            if len(self._start) < 2:
+                return
+            self._gzip, chunk, self._start = self._start[:2] == GZIP_MAGIC, self._start, b""
+        if not self._gzip:
+            self._keep(chunk)
+            return
+        try:
+            while chunk:
+                if self._d is None:
+                    self._d = zlib.decompressobj(wbits=31)
+                self._keep(self._d.decompress(chunk, 4 * CHUNK))
+                if self._d.eof:
+                    chunk, self._d = self._d.unused_data, None
                 else:
-                    buf = d.unconsumed_tail
-    except zlib.error as e:
-        raise InvalidInput(f"the gzip data is damaged ({e})") from None
-    if pending:
-        raise InvalidInput("the gzip file is truncated")
-    return (parts[0] if len(parts) == 1 else b"".join(parts)), more
+                    chunk = self._d.unconsumed_tail
+        except zlib.error as e:
+            self._error = InvalidInput(f"the gzip data is damaged ({e})")
+
+    def _keep(self, out: bytes) -> None:
+        if self._room > 0 and out:
+            self._kept.append(out if len(out) <= self._room else out[: self._room])
+            self._room -= len(self._kept[-1])
+
+    def head(self) -> tuple[bytes, bool]:
+        """The first HEAD_BYTES of the content and whether more follows; InvalidInput for
+        damaged or truncated gzip."""
+        if self._gzip is None:
+            self._keep(self._start)  # under two bytes in all: not gzip
+        if self._error is not None:
+            raise self._error
+        if self._d is not None:
+            raise InvalidInput("the gzip file is truncated")
+        data = self._kept[0] if len(self._kept) == 1 else b"".join(self._kept)
+        if self._room > 0:
+            return data, False
+        return data[:HEAD_BYTES], True
+
+    def open(self) -> BinaryIO:
+        """The head as a plain file for :func:`check_fastq` / :func:`check_fasta` (which find
+        the same lines in it as in the whole file)."""
+        data, more = self.head()
+        return io.BytesIO(data + b"\n" if more else data)  # a byte past HEAD_BYTES: "more follows"

@@ -52,6 +52,33 @@ def settings(redis_server, conn, tmp_path) -> Settings:
     )
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (versitygw, POSIX backend) on a free port, for the session."""
+    from tests.support.s3server import VersityGW
+
+    server = VersityGW(tmp_path_factory.mktemp("s3")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["file", "s3"])
+def backend(request, settings, tmp_path, monkeypatch) -> Settings:
+    """``settings`` on each storage backend in turn: the data folder, then a bucket of its
+    own on the session's S3 server (the AWS variables set for the API and the workers)."""
+    if request.param == "s3":
+        import uuid
+
+        server = request.getfixturevalue("s3_server")
+        bucket = f"t-{uuid.uuid4().hex[:16]}"
+        server.make_bucket(bucket)
+        for k, v in server.env().items():
+            monkeypatch.setenv(k, v)
+        settings.storage = f"s3://{bucket}/pipeq"
+        settings.scratch_dir = tmp_path / "scratch"
+    return settings
+
+
 def settings_env(settings: Settings, **extra) -> dict[str, str]:
     """The environment that gives a child process these settings."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))

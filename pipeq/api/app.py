@@ -16,6 +16,7 @@ from pipeq.api.deps import require_token
 from pipeq.api.metrics import REGISTRY, QueueCollector
 from pipeq.api.routers import health, jobs, runs
 from pipeq.settings import Settings, get_settings
+from pipeq.store import Unavailable, open_store
 
 STATIC = Path(__file__).with_name("static")
 
@@ -67,11 +68,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry.register(_Forward(REGISTRY))
     registry.register(QueueCollector(app.state.redis, settings.queue))
     app.state.metrics_registry = registry
-    (settings.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
+    app.state.store = open_store(settings)
 
     @app.exception_handler(redis.RedisError)
     async def redis_down(request: Request, exc: redis.RedisError):
         return JSONResponse(status_code=503, content={"detail": f"Redis is unreachable, try again shortly ({type(exc).__name__})"})
+
+    @app.exception_handler(Unavailable)
+    async def store_down(request: Request, exc: Unavailable):
+        return JSONResponse(status_code=503, content={"detail": f"the object store is unreachable, try again shortly ({exc})"})
 
     # multipart framing adds a little to the files' own size
     app.add_middleware(LimitUploadSize, limit=settings.max_total_upload_bytes + 64 * 1024)

@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from pipeq.settings import Settings
+from pipeq.store import Store
 
 _bearer = HTTPBearer(auto_error=False, description="Needed when the server has PIPEQ_API_TOKEN set.")
 
@@ -23,6 +24,10 @@ async def get_settings(request: Request) -> Settings:
 
 async def get_redis(request: Request) -> redis.Redis:
     return request.app.state.redis
+
+
+async def get_store(request: Request) -> Store:
+    return request.app.state.store
 
 
 async def require_token(

@@ -5,8 +5,9 @@ Python for every piece of every part and copies each file into a spooled tempora
 ``/tmp`` when it is large, from where it would be copied again into the job's folder. This
 parser looks only for the boundary (``bytes.find``, which skips ahead by the boundary's
 length) and keeps each file part as the chunks it arrived in: up to ``SPOOL_BYTES`` in
-memory, beyond that in a file in ``spool_dir``, on the data volume, so that storing it in
-the job's folder is a rename.
+memory, beyond that in a sink that ``spool`` gives (see :mod:`pipeq.store`): a file in the
+job's staging folder on the data volume, or a multipart upload into object storage, so the
+bytes go where they will stay as they arrive.
 
 It reads what a browser, curl, httpx or requests send (RFC 7578): ``Content-Disposition:
 form-data; name=...; filename=...`` with quoted or bare values, backslash escapes in quotes,
@@ -18,12 +19,14 @@ from __future__ import annotations
 
 import io
 import re
-from pathlib import Path
+from collections.abc import Callable
 from typing import BinaryIO
 from urllib.parse import unquote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
+
+from pipeq.store import Sink
 
 SPOOL_BYTES = 1 << 20  # a file part larger than this goes to disk
 MAX_PARTS = 32
@@ -44,14 +47,14 @@ class Rejected(Exception):
 class Part:
     """One part of the form: a plain field (``filename`` is None) or a file."""
 
-    __slots__ = ("name", "filename", "size", "path", "_chunks", "_out")
+    __slots__ = ("name", "filename", "size", "sink", "stored_name", "_chunks")
 
     def __init__(self, name: str, filename: str | None):
         self.name, self.filename = name, filename
         self.size = 0
-        self.path: Path | None = None  # the spool file, once the part outgrew memory
+        self.sink: Sink | None = None  # where the part went once it outgrew memory
+        self.stored_name: str | None = None  # the name the caller's spool gave it
         self._chunks: list[bytes] = []
-        self._out: BinaryIO | None = None
 
     @property
     def data(self) -> bytes:
@@ -64,13 +67,9 @@ class Part:
         return self.data.decode("utf-8", errors="replace")
 
     def open(self) -> BinaryIO:
-        """The content, as a binary file open for reading at its start."""
-        return open(self.path, "rb") if self.path else io.BytesIO(self.data)
-
-    def close(self) -> None:
-        if self._out:
-            self._out.close()
-            self._out = None
+        """The content, as a binary file open for reading at its start (for a part in a
+        sink: what its sink keeps for the checks)."""
+        return self.sink.open() if self.sink else io.BytesIO(self.data)
 
 
 def boundary_of(content_type: str) -> bytes:
@@ -84,25 +83,23 @@ def boundary_of(content_type: str) -> bytes:
     return boundary.encode("latin-1")
 
 
-async def read_form(request: Request, *, spool_dir: Path, max_file_bytes: int, max_total_bytes: int, keep: frozenset[str]) -> list[Part]:
+Spool = Callable[[Part], Sink]
+
+
+async def read_form(request: Request, *, spool: Spool, max_file_bytes: int, max_total_bytes: int, keep: frozenset[str]) -> list[Part]:
     """The parts of the request's multipart body, in order; only parts named in ``keep`` hold
     their content (the others are read past and counted). Raises Rejected (400 for a body
     that is not well-formed multipart, 413 over a limit, 415 for another content type).
 
-    The caller owns ``spool_dir`` (created here when a part outgrows memory): it removes it
-    whatever happens, and closes the parts.
+    A file part that outgrows memory goes to ``spool(part)`` (called off the event loop),
+    and is closed at its end. The caller owns what the sinks hold: it discards them when
+    the submission fails, whatever happened.
     """
     delim = b"\r\n--" + boundary_of(request.headers.get("content-type", ""))
-    parts: list[Part] = []
-    try:
-        return await _parse(request.stream().__aiter__(), delim, parts, spool_dir, max_file_bytes, max_total_bytes, keep)
-    except BaseException:
-        for part in parts:
-            part.close()
-        raise
+    return await _parse(request.stream().__aiter__(), delim, [], spool, max_file_bytes, max_total_bytes, keep)
 
 
-async def _parse(chunks, delim: bytes, parts: list[Part], spool_dir: Path, max_file_bytes: int, max_total_bytes: int, keep: frozenset[str]) -> list[Part]:
+async def _parse(chunks, delim: bytes, parts: list[Part], spool: Spool, max_file_bytes: int, max_total_bytes: int, keep: frozenset[str]) -> list[Part]:
     buf = bytearray(CRLF)  # the body starts with "--boundary": now it looks like every later one
     total = 0
 
@@ -157,32 +154,32 @@ async def _parse(chunks, delim: bytes, parts: list[Part], spool_dir: Path, max_f
                 if wanted:
                     with memoryview(buf) as view:
                         piece = bytes(view[:n])
-                    await _keep(part, piece, spool_dir, len(parts))
+                    await _keep(part, piece, spool)
                 del buf[:n]
             if i >= 0:
                 del buf[: len(delim)]
                 break
             await fill()
-        part.close()
+        if part.sink is not None:
+            await run_in_threadpool(part.sink.close)
 
 
-async def _keep(part: Part, piece: bytes, spool_dir: Path, number: int) -> None:
-    if part._out is None and part.size > SPOOL_BYTES and part.filename is not None:
-        # outgrew memory: from now on the part lives in a file (written off the event loop)
-        part.path = spool_dir / f"part-{number}"
-        part._out = await run_in_threadpool(_spool, part.path, part._chunks)
-        part._chunks = []
-    if part._out is not None:
-        await run_in_threadpool(part._out.write, piece)
+async def _keep(part: Part, piece: bytes, spool: Spool) -> None:
+    if part.sink is None and part.size > SPOOL_BYTES and part.filename is not None:
+        # outgrew memory: from now on the part goes to its sink (written off the event loop)
+        part.sink = await run_in_threadpool(_spool, spool, part)
+    if part.sink is not None:
+        await run_in_threadpool(part.sink.write, piece)
     else:
         part._chunks.append(piece)
 
 
-def _spool(path: Path, chunks: list[bytes]) -> BinaryIO:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out = open(path, "xb")
-    out.writelines(chunks)
-    return out
+def _spool(spool: Spool, part: Part) -> Sink:
+    sink = spool(part)
+    for chunk in part._chunks:
+        sink.write(chunk)
+    part._chunks = []
+    return sink
 
 
 def _part(raw: bytes) -> Part:

@@ -29,9 +29,9 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.utils import now
 
-from pipeq import storage
 from pipeq.queue import BUSY_FIELD, cleaning, connect, reap_abandoned
 from pipeq.settings import Settings, get_settings
+from pipeq.store import Unavailable
 from pipeq.worker import task
 
 log = logging.getLogger("pipeq.worker")
@@ -135,9 +135,11 @@ class PipeqWorker(SimpleWorker):
         elif time.monotonic() - self._last_pruned > PRUNE_INTERVAL:
             self._last_pruned = time.monotonic()
             settings = get_settings()
-            removed = storage.prune(
-                settings.data_dir, lambda job_id: self.connection.exists(f"rq:job:{job_id}"), settings.job_ttl
-            )
+            try:
+                removed = task.store_of(settings).prune(lambda job_id: self.connection.exists(Job.key_for(job_id)), settings.job_ttl)
+            except Unavailable as e:
+                log.warning("expired job files not pruned: %s", e)
+                removed = []
             if removed:
                 log.info("removed %d expired job folders", len(removed))
 

@@ -3,18 +3,18 @@
 The pipeline runs under a guard process (``guard.py``) that leads a new process group, so
 that a stop, a timeout or the death of the worker ends every process of the run. Output goes
 to the job's ``pipeline.log``; ``PROGRESS`` lines (see ``pipeq.progress``) become the job's
-``stage`` and ``progress``. Each attempt works in ``work/attempt-<n>/``, which becomes
-``output/`` only if the attempt succeeded and this worker still holds the job's lease; an
-attempt that finds ``output/`` already there (its predecessor published, then died before RQ
-recorded the job as finished) returns that result without running the pipeline again.
+``stage`` and ``progress``. Each attempt is a :class:`pipeq.store.Attempt` of the job's store:
+in the job's folder on the data volume, or in local scratch with object storage (inputs
+copied in, the log uploaded every few seconds). Its results are published only if the
+attempt succeeded and this worker still holds the job's lease; an attempt that finds the
+results already published (its predecessor published, then died before RQ recorded the job
+as finished) returns them without running the pipeline again.
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,9 +25,10 @@ from pathlib import Path
 
 from rq import get_current_job
 
-from pipeq import progress, queue, storage
+from pipeq import progress, queue
 from pipeq.metrics_store import record_duration
-from pipeq.settings import get_settings
+from pipeq.settings import Settings, get_settings
+from pipeq.store import Store, Unavailable, open_store
 
 GUARD = Path(__file__).with_name("guard.py")
 STDERR_TAIL_LINES = 20
@@ -51,6 +52,14 @@ class RunControl:
 
 #: Set by the worker for the job it is executing (one at a time: a SimpleWorker).
 control = RunControl()
+_stores: dict[str, Store] = {}
+
+
+def store_of(settings: Settings) -> Store:
+    """The worker's store (one client per process)."""
+    if settings.storage not in _stores:
+        _stores[settings.storage] = open_store(settings)
+    return _stores[settings.storage]
 
 
 def run_pipeline(reads: list[str], reference: str, sample: str | None = None) -> dict:
@@ -61,15 +70,9 @@ def run_pipeline(reads: list[str], reference: str, sample: str | None = None) ->
     """
     settings = get_settings()
     job = get_current_job()
-    jdir = storage.job_dir(settings.data_dir, job.id)
-    attempt = int(job.meta.get("attempt") or 0) + 1
-    job.meta.update(attempt=attempt, stage="starting", progress=0, error=None)
+    number = int(job.meta.get("attempt") or 0) + 1
+    job.meta.update(attempt=number, stage="starting", progress=0, error=None)
     job.save_meta()
-    if (jdir / "output").is_dir():
-        # An earlier attempt published its results, then its worker died before RQ recorded
-        # the job as finished: the results stand, and running the pipeline again (hours,
-        # perhaps) would only redo them.
-        return _published(settings, job, jdir)
 
     def fail(reason: str, message: str, exit_code: int | None = None, tail: list[str] | None = None):
         error = {"reason": reason, "message": message, "exit_code": exit_code, "stderr_tail": "\n".join(tail or [])}
@@ -78,19 +81,46 @@ def run_pipeline(reads: list[str], reference: str, sample: str | None = None) ->
         job.retries_left = 0
         raise PipelineFailed(error)
 
+    store = store_of(settings)
+    try:
+        found = store.published(job.id)
+    except Unavailable as e:
+        found = None
+        fail("storage error", f"cannot reach the object store: {e}")
+    if found is not None:
+        # An earlier attempt published its results, then its worker died before RQ recorded
+        # the job as finished: the results stand, and running the pipeline again (hours,
+        # perhaps) would only redo them.
+        return _done(job, found)
+
     if queue.stop_requested(job.connection, job.id):
         # stopped while no worker held the job (its worker had died): end it, run nothing
         fail("stopped", "stopped on request")
 
     try:
-        work = jdir / "work" / f"attempt-{attempt}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        log = open(jdir / "pipeline.log", "ab", buffering=0)
+        attempt = store.attempt(job.id, number, job.worker_name or str(os.getpid()))
     except OSError as e:
         fail("storage error", f"cannot write the job folder: {e.strerror or e}")
+    except Unavailable as e:
+        fail("storage error", f"cannot reach the object store: {e}")
+    try:
+        return _attempt(settings, job, attempt, number, reads, reference, sample, fail)
+    finally:
+        try:
+            attempt.close()
+        except (OSError, Unavailable):
+            pass  # the scratch is freed anyway; the next attempt's start frees it too
 
-    inputs = jdir / "inputs"
+
+def _attempt(settings: Settings, job, attempt, number: int, reads: list[str], reference: str, sample: str | None, fail) -> dict:
+    try:
+        attempt.fetch([*reads, reference])
+    except OSError as e:
+        fail("storage error", f"cannot copy the inputs to scratch: {e.strerror or e}")
+    except Unavailable as e:
+        fail("storage error", f"cannot fetch the inputs: {e}")
+
+    inputs, work, log = attempt.inputs, attempt.workdir, attempt.log
     cmd = [str(settings.pipeline), "--reference", str(inputs / reference)]
     for r in reads:
         cmd += ["--reads", str(inputs / r)]
@@ -99,12 +129,18 @@ def run_pipeline(reads: list[str], reference: str, sample: str | None = None) ->
         cmd += ["--sample", sample]
 
     started = time.monotonic()
-    with log:
-        try:
-            log.write(f"== attempt {attempt} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
-        except OSError as e:
-            fail("storage error", f"cannot write the job's log: {e.strerror or e}")
+    try:
+        log.write(f"== attempt {number} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
+    except OSError as e:
+        fail("storage error", f"cannot write the job's log: {e.strerror or e}")
+    syncing = threading.Event()
+    syncer = threading.Thread(target=_sync_log, args=(attempt, syncing, settings.log_upload_interval), name="log", daemon=True)
+    syncer.start()
+    try:
         rc, why, tail = _run(cmd, work, log, job, settings.pipeline_timeout, settings.kill_grace)
+    finally:
+        syncing.set()
+        syncer.join(timeout=30)
     record_duration(job.connection, time.monotonic() - started, "finished" if rc == 0 and not why else "failed")
 
     if why == "stopped":
@@ -115,28 +151,34 @@ def run_pipeline(reads: list[str], reference: str, sample: str | None = None) ->
         last = tail[-1] if tail else ""
         fail("pipeline failed", f"pipeline.sh exited with code {rc}" + (f": {last}" if last else ""), rc, tail)
 
-    if not control.lease_held():
-        # Another worker owns this job now (we were presumed dead): publish nothing.
-        raise PipelineFailed({"reason": "lease lost", "message": "another attempt owns this job", "exit_code": None, "stderr_tail": ""})
     try:
-        out = jdir / "output"
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(work, out)
-        shutil.rmtree(jdir / "work", ignore_errors=True)
+        published = attempt.publish(control.lease_held)
+        found = store_of(settings).published(job.id) if published else None
     except OSError as e:
         fail("storage error", f"cannot publish the results: {e.strerror or e}")
-    return _published(settings, job, jdir)
+    except Unavailable as e:
+        fail("storage error", f"cannot publish the results: {e}")
+    if not published:
+        # Another worker owns this job now (we were presumed dead): publish nothing.
+        raise PipelineFailed({"reason": "lease lost", "message": "another attempt owns this job", "exit_code": None, "stderr_tail": ""})
+    return _done(job, found)
 
 
-def _published(settings, job, jdir: Path) -> dict:
-    """The job's result from its published ``output/`` folder."""
-    try:
-        summary = json.loads((jdir / "output" / "report.json").read_text())
-    except (OSError, ValueError):
-        summary = {}
+def _sync_log(attempt, stop: threading.Event, interval: float) -> None:
+    """Upload the log every ``interval`` seconds while the pipeline runs (best effort: the
+    last upload, when the attempt closes, is the one that must get through)."""
+    while not stop.wait(interval):
+        try:
+            attempt.sync_log()
+        except (OSError, Unavailable):
+            pass
+
+
+def _done(job, result: dict) -> dict:
+    """The job's result, from what its attempt published."""
     job.meta.update(stage="done", progress=100)
     job.save_meta()
-    return {"files": storage.list_outputs(settings.data_dir, job.id), "summary": summary}
+    return result
 
 
 def _run(cmd, cwd, log, job, timeout: float, grace: float) -> tuple[int, str | None, list[str]]:

@@ -15,6 +15,7 @@ from starlette.requests import Request
 
 from pipeq.api import uploads
 from pipeq.api.uploads import Rejected
+from pipeq.store import FileSink
 
 FASTQ = b"".join(b"@r%d\nACGTACGTAC\n+\nIIIIIIIIII\n" % i for i in range(50))
 KEEP = frozenset({"reads", "reference", "sample", "other"})
@@ -48,12 +49,17 @@ def request(body: bytes, content_type: str, chunk: int) -> tuple[Request, list[i
     return Request(scope, receive), served
 
 
+def spool_in(folder):
+    """A spool like the data folder's: each large part in a file named after it."""
+    return lambda part: FileSink(folder / part.filename)
+
+
 def ours(body, content_type, chunk, tmp_path, **limits):
     async def run():
         req, _ = request(body, content_type, chunk)
         parts = await uploads.read_form(
             req,
-            spool_dir=tmp_path / "spool",
+            spool=spool_in(tmp_path / "spool"),
             max_file_bytes=limits.get("max_file_bytes", 1 << 30),
             max_total_bytes=limits.get("max_total_bytes", 1 << 30),
             keep=KEEP,
@@ -118,14 +124,14 @@ def test_large_parts_spool_to_disk_and_small_ones_stay_in_memory(tmp_path, monke
 
     async def run():
         req, _ = request(body, ctype, 4096)
-        parts = await uploads.read_form(req, spool_dir=tmp_path / "spool", max_file_bytes=1 << 20, max_total_bytes=1 << 20, keep=KEEP)
+        parts = await uploads.read_form(req, spool=spool_in(tmp_path / "spool"), max_file_bytes=1 << 20, max_total_bytes=1 << 20, keep=KEEP)
         return parts
 
     parts = run_async(run())
-    assert parts[0].path is not None and parts[0].path.parent == tmp_path / "spool"
-    assert parts[0].path.read_bytes() == big and parts[0].size == len(big)
-    assert parts[1].path is None and parts[1].data == small
-    assert os.listdir(tmp_path / "spool") == ["part-1"]
+    assert parts[0].sink is not None and parts[0].sink.path == tmp_path / "spool" / "big.fq"
+    assert parts[0].sink.path.read_bytes() == big and parts[0].size == len(big)
+    assert parts[1].sink is None and parts[1].data == small
+    assert os.listdir(tmp_path / "spool") == ["big.fq"]
 
 
 def test_parts_not_asked_for_are_read_past(tmp_path):
@@ -173,7 +179,7 @@ def test_limits_refuse_while_streaming_without_reading_the_rest(tmp_path):
     async def run(**limits):
         req, served = request(body, ctype, 1000)
         with pytest.raises(Rejected) as e:
-            await uploads.read_form(req, spool_dir=tmp_path / "spool", keep=KEEP, **limits)
+            await uploads.read_form(req, spool=spool_in(tmp_path / "spool"), keep=KEEP, **limits)
         return e.value, len(served)
 
     r, served = run_async(run(max_file_bytes=10_000, max_total_bytes=1 << 20))

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from urllib.parse import quote
+
 import redis
 from fastapi import APIRouter, Depends, HTTPException, Query, status
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from rq.command import send_stop_job_command
 from rq.job import Job
 
-from pipeq import jobs, queue, storage
-from pipeq.api.deps import get_redis, get_settings
+from pipeq import jobs, queue
+from pipeq.api.deps import get_redis, get_settings, get_store
 from pipeq.api.routers.runs import job_or_404, status_of
 from pipeq.settings import Settings
+from pipeq.store import NotFound, Store
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])  # the token check, if any, is added by create_app
 
@@ -69,30 +73,33 @@ def cancel_job(
     responses={404: {"description": "No such job."}},
     summary="The pipeline's output so far (the last 256 KiB)",
 )
-def job_log(job_id: str, conn: redis.Redis = Depends(get_redis), settings: Settings = Depends(get_settings)) -> str:
+def job_log(job_id: str, conn: redis.Redis = Depends(get_redis), store: Store = Depends(get_store)) -> str:
+    """With object storage the log of a running job is as fresh as its last upload (every
+    PIPEQ_LOG_UPLOAD_INTERVAL seconds)."""
     status_of(conn, job_id)
-    path = storage.job_dir(settings.data_dir, job_id) / "pipeline.log"
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - LOG_TAIL_BYTES))
-            return f.read().decode(errors="replace")
-    except FileNotFoundError:
-        return ""
+    return store.log_tail(job_id, LOG_TAIL_BYTES).decode(errors="replace")
 
 
 @router.get(
     "/{job_id}/files/{name}",
     response_class=FileResponse,
-    responses={404: {"description": "No such job or no such result file."}},
+    responses={404: {"description": "No such job or no such result file."}, 503: {"description": "The object store is unreachable."}},
     summary="Download one result file",
 )
-def job_file(job_id: str, name: str, conn: redis.Redis = Depends(get_redis), settings: Settings = Depends(get_settings)):
-    """Only regular files directly in the job's output folder can be reached."""
+def job_file(job_id: str, name: str, conn: redis.Redis = Depends(get_redis), store: Store = Depends(get_store)):
+    """Only the job's published results can be reached. The file comes through the API on
+    either backend (from object storage it is streamed, never redirected to the store), so
+    the bearer token guards it as it does every route, and clients need no access to the store."""
     status_of(conn, job_id)
-    path = storage.output_file(settings.data_dir, job_id, name)
-    if path is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no result file {name!r} for job {job_id}")
+    try:
+        found, size = store.output(job_id, name)
+    except (NotFound, ValueError):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no result file {name!r} for job {job_id}") from None
     media = "text/html" if name.endswith(".html") else ("application/json" if name.endswith(".json") else "application/octet-stream")
-    return FileResponse(path, media_type=media, filename=name if media == "application/octet-stream" else None)
+    filename = name if media == "application/octet-stream" else None
+    if isinstance(found, Path):
+        return FileResponse(found, media_type=media, filename=filename)
+    headers = {"Content-Length": str(size)} if size is not None else {}
+    if filename:
+        headers["Content-Disposition"] = f"attachment; filename*=utf-8''{quote(filename)}"
+    return StreamingResponse(found, media_type=media, headers=headers)

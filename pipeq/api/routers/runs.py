@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import re
-import shutil
 import uuid
-from pathlib import Path
 
 import redis
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, UploadFile, status
@@ -16,10 +14,11 @@ from rq.job import Job
 
 from pipeq import jobs, queue, storage
 from pipeq.api import uploads
-from pipeq.api.deps import get_redis, get_settings
+from pipeq.api.deps import get_redis, get_settings, get_store
 from pipeq.api.metrics import SUBMISSIONS
 from pipeq.api.uploads import Rejected
 from pipeq.settings import Settings
+from pipeq.store import Staging, Store, Unavailable
 from pipeq.validate import InvalidInput, check_fasta, check_fastq
 
 router = APIRouter(tags=["runs"])  # the token check, if any, is added by create_app
@@ -48,7 +47,7 @@ class RunPipelineForm(BaseModel):
         413: {"description": "A file, or all files together, is larger than the server accepts."},
         415: {"description": "The body is not multipart/form-data."},
         422: {"description": "A file is not what it should be (the reason names the field and the problem)."},
-        503: {"description": "Redis is unreachable; nothing was kept."},
+        503: {"description": "Redis or the object store is unreachable; nothing was kept."},
         507: {"description": "The server cannot store the uploads (disk full); nothing was kept."},
     },
     openapi_extra={
@@ -57,35 +56,42 @@ class RunPipelineForm(BaseModel):
     summary="Submit a pipeline run",
 )
 async def run_pipeline(
-    request: Request, settings: Settings = Depends(get_settings), conn: redis.Redis = Depends(get_redis)
+    request: Request,
+    settings: Settings = Depends(get_settings),
+    conn: redis.Redis = Depends(get_redis),
+    store: Store = Depends(get_store),
 ) -> Response:
-    """Check the uploads, store them in a new job folder, and enqueue the run.
+    """Check the uploads, store them as a new job's inputs, and enqueue the run.
 
     Answers 202 at once with the `job_id`; poll `status_url`. On any rejection nothing is
-    enqueued and nothing is left on disk.
+    enqueued and nothing is left in storage.
     """
     job_id = uuid.uuid4().hex
-    final_dir = storage.job_dir(settings.data_dir, job_id)
-    incoming = final_dir.with_name(f".incoming-{job_id}")
+    staging = store.staging(job_id)
+    namer = _Namer()
     try:
-        # the body is read on the event loop (files over 1 MB are written to disk off it);
-        # checks, storage and the Redis round trip (an fsync with AOF) then run in the thread
-        # pool, in one hop
+        # the body is read on the event loop (files over 1 MB go to their place in storage
+        # off it, as they arrive); checks, storage and the Redis round trip (an fsync with
+        # AOF) then run in the thread pool, in one hop
         parts = await uploads.read_form(
             request,
-            spool_dir=incoming / "spool",
+            spool=lambda part: staging.sink(namer(part)),
             max_file_bytes=settings.max_upload_bytes,
             max_total_bytes=settings.max_total_upload_bytes,
             keep=FIELDS,
         )
-        return await run_in_threadpool(_submit, settings, conn, job_id, parts, incoming, final_dir)
+        return await run_in_threadpool(_submit, settings, conn, job_id, parts, staging, namer)
     except BaseException as e:
-        # whatever went wrong (a refusal, a full disk, Redis, the client gone): nothing stays
-        # (read_form closes its parts' spool files, also when it fails)
-        shutil.rmtree(incoming, ignore_errors=True)  # on the loop: it exists only for large uploads
+        # whatever went wrong (a refusal, a full disk, the store, Redis, the client gone):
+        # nothing stays, but for an enqueue that may have happened: then the job's inputs
+        # stay (inputs without a job are pruned later)
+        if not isinstance(e, queue.EnqueueUncertain):
+            await run_in_threadpool(staging.discard)
         if isinstance(e, Rejected):
             SUBMISSIONS.labels(outcome="rejected").inc()
             raise _refusal(e) from None
+        if isinstance(e, Unavailable):
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"the object store is unreachable, try again shortly ({e})") from None
         if isinstance(e, OSError):
             raise _no_storage(e) from None
         raise
@@ -101,21 +107,15 @@ def _no_storage(e: OSError) -> HTTPException:
     return HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, detail=f"the server cannot store the uploads: {e.strerror or e}")
 
 
-def _submit(settings: Settings, conn: redis.Redis, job_id: str, parts: list[uploads.Part], incoming: Path, final_dir: Path) -> Response:
-    """Check, store and enqueue (in the thread pool). Raises Rejected or OSError with
-    nothing left behind but ``incoming``, which the caller removes."""
+def _submit(settings: Settings, conn: redis.Redis, job_id: str, parts: list[uploads.Part], staging: Staging, namer: _Namer) -> Response:
+    """Check, store and enqueue (in the thread pool). Raises Rejected, Unavailable, OSError
+    or RedisError; the caller then discards ``staging``."""
     reads, reference, sample = _fields(parts)
-    names = _store_and_check(settings, incoming, reads, reference)
-    incoming.rename(final_dir)
+    names = _store_and_check(staging, namer, reads, reference)
+    staging.commit()
     meta = {"sample": sample, "attempt": 0, "inputs": names}
     kwargs = {"reads": names["reads"], "reference": names["reference"], "sample": sample}
-    try:
-        queue.enqueue_run(conn, settings.queue, job_id, kwargs, meta=meta, retries=settings.retries, ttl=settings.job_ttl)
-    except queue.EnqueueUncertain:
-        raise  # the job may exist: its inputs stay (a folder without a job is pruned later)
-    except redis.RedisError:
-        shutil.rmtree(final_dir, ignore_errors=True)  # the job does not exist, nor will
-        raise
+    queue.enqueue_run(conn, settings.queue, job_id, kwargs, meta=meta, retries=settings.retries, ttl=settings.job_ttl)
     SUBMISSIONS.labels(outcome="accepted").inc()
     # the model's own JSON, as in job_status (response_model still gives the schema)
     submitted = jobs.Submitted(job_id=job_id, status_url=f"/job_status/{job_id}")
@@ -152,44 +152,55 @@ def _fields(parts: list[uploads.Part]) -> tuple[list[uploads.Part], uploads.Part
     return reads, references[0], sample
 
 
-def _store_and_check(settings: Settings, incoming: Path, reads: list[uploads.Part], reference: uploads.Part) -> dict:
-    """Check every upload where it lies (in memory, or its spool file when large), then write
-    them all into ``incoming/inputs``: a refused submission of small files touches no disk."""
+class _Namer:
+    """The stored name of each file of one submission: its sanitized file name, made unique
+    with leading underscores; given once per part, when it is spooled or checked."""
+
+    def __init__(self):
+        self.used: set[str] = set()
+        self.reads = 0
+
+    def __call__(self, part: uploads.Part) -> str:
+        if part.stored_name is None:
+            if part.name == "reads":
+                self.reads += 1
+            fallback = f"reads_{self.reads}.fastq" if part.name == "reads" else "reference.fasta"
+            name = storage.sanitize_filename(part.filename or "", fallback)
+            while name in self.used:
+                name = "_" + name
+            self.used.add(name)
+            part.stored_name = name
+        return part.stored_name
+
+
+def _store_and_check(staging: Staging, namer: _Namer, reads: list[uploads.Part], reference: uploads.Part) -> dict:
+    """Check every upload where it lies (in memory, or in its sink when large), then store
+    the small ones: a refused submission of small files touches no storage."""
     if not 1 <= len(reads) <= 2:
         raise Rejected(422, "reads", f"give one (single-end) or two (paired-end) reads files, not {len(reads)}")
-    used: set[str] = set()
     names: dict = {"reads": []}
     checked: list[tuple[str, uploads.Part]] = []
-    for field, upload, fallback, check in (
-        *((f"reads[{i}]", f, f"reads_{i + 1}.fastq", check_fastq) for i, f in enumerate(reads)),
-        ("reference", reference, "reference.fasta", check_fasta),
+    for field, upload, check in (
+        *((f"reads[{i}]", f, check_fastq) for i, f in enumerate(reads)),
+        ("reference", reference, check_fasta),
     ):
         label = f"{field.split('[')[0]}" if len(reads) == 1 or field == "reference" else field
         if problem := storage.filename_problem(upload.filename or ""):
             raise Rejected(422, label, f"{upload.filename!r}: {problem}")
-        name = storage.sanitize_filename(upload.filename or "", fallback)
-        while name in used:
-            name = "_" + name
-        used.add(name)
-        with upload.open() as f:
-            try:
+        name = namer(upload)
+        try:
+            with upload.open() as f:
                 check(f)
-            except InvalidInput as e:
-                raise Rejected(422, label, f"{upload.filename or name}: {e}")
+        except InvalidInput as e:
+            raise Rejected(422, label, f"{upload.filename or name}: {e}")
         checked.append((name, upload))
         if field == "reference":
             names["reference"] = name
         else:
             names["reads"].append(name)
-    incoming.mkdir(exist_ok=True)  # it exists when a large part was spooled into it
-    inputs = incoming / "inputs"
-    inputs.mkdir()
     for name, upload in checked:
-        if upload.path:  # spooled on the data volume: move it
-            upload.path.rename(inputs / name)
-        else:
-            with open(inputs / name, "wb") as out:
-                out.write(upload.data)
+        if upload.sink is None:  # a large one is in storage already
+            staging.put(name, upload.data)
     return names
 
 

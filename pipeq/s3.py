@@ -1,0 +1,371 @@
+"""Job files in an S3-compatible object store (``PIPEQ_STORAGE=s3://BUCKET[/PREFIX]``).
+
+The client is boto3: AWS's own SDK, which reads the standard variables and files
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``,
+profiles, IRSA and workload-identity web tokens), so AWS, MinIO, Ceph RGW, SeaweedFS and
+versitygw all work unchanged. Requests are signed with SigV4 and, with a custom endpoint,
+addressed path-style (``endpoint/bucket/key``), which every S3-compatible server takes and
+which presigned URLs need there.
+
+Layout under ``<PREFIX>/jobs/<job_id>/``:
+
+- ``inputs/<name>``: the checked uploads (large ones streamed in as a multipart upload);
+- ``pipeline.log``: the pipeline's output, all attempts (uploaded every few seconds);
+- ``attempts/<n>/<file>``: the results of attempt ``n``, uploaded when the pipeline ends;
+- ``output.json``: the publish, ``{"attempt": n, "files": [...], "summary": {...}}``. One PUT
+  of one small object is atomic, so a job's results are either all there or not published:
+  a worker killed while uploading ``attempts/<n>/`` leaves no ``output.json``, and the next
+  attempt runs again and publishes its own folder, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pipeq import storage
+from pipeq.store import NotFound, Unavailable, summary_of
+from pipeq.validate import StreamCheck
+
+#: Size of the parts of a multipart upload (S3 wants at least 5 MiB but for the last).
+PART_BYTES = 8 * 1024 * 1024
+#: Bytes per read when a result or an input is streamed out of the store.
+READ_BYTES = 1024 * 1024
+_MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
+
+
+def client(**overrides):
+    """A boto3 S3 client from the standard AWS configuration, signing SigV4, path-style,
+    with bounded timeouts and few retries (an unreachable store answers within seconds)."""
+    config = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "path"},
+        connect_timeout=overrides.pop("connect_timeout", 5),
+        read_timeout=overrides.pop("read_timeout", 60),
+        retries={"max_attempts": overrides.pop("max_attempts", 3), "mode": "standard"},
+        max_pool_connections=32,
+    )
+    return boto3.session.Session().client("s3", config=config, **overrides)
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` → ("bucket", "some/key")."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError(f"not an s3:// URL: {url!r}")
+    return parts.netloc, parts.path.lstrip("/")
+
+
+@contextlib.contextmanager
+def errors(what: str) -> Iterator[None]:
+    """Turn boto3's errors into NotFound (no such object) or Unavailable (anything else)."""
+    try:
+        yield
+    except ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if code in _MISSING:
+            raise NotFound(what) from None
+        message = e.response.get("Error", {}).get("Message") or code
+        raise Unavailable(f"{what}: the object store answered {code or 'an error'} ({message})") from None
+    except BotoCoreError as e:
+        raise Unavailable(f"{what}: the object store is unreachable ({type(e).__name__})") from None
+
+
+class S3Sink:
+    """A large upload streaming into a multipart upload, checked as it goes (see
+    :class:`pipeq.validate.StreamCheck`): nothing of it is read back."""
+
+    def __init__(self, s3, bucket: str, key: str):
+        self.s3, self.bucket, self.key = s3, bucket, key
+        with errors(f"s3://{bucket}/{key}"):
+            self.upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        self.parts: list[dict] = []
+        self.buf = bytearray()
+        self.check = StreamCheck()
+        self.done = False
+
+    def write(self, piece: bytes) -> None:
+        self.check.feed(piece)
+        self.buf += piece
+        if len(self.buf) >= PART_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        number = len(self.parts) + 1
+        with errors(f"s3://{self.bucket}/{self.key}"):
+            r = self.s3.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=bytes(self.buf))
+        self.parts.append({"PartNumber": number, "ETag": r["ETag"]})
+        self.buf.clear()
+
+    def close(self) -> None:
+        if self.done:
+            return
+        if self.buf or not self.parts:
+            self._flush()
+        with errors(f"s3://{self.bucket}/{self.key}"):
+            self.s3.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
+        self.done = True
+
+    def abort(self) -> None:
+        with contextlib.suppress(ClientError, BotoCoreError):
+            if self.done:
+                self.s3.delete_object(Bucket=self.bucket, Key=self.key)
+            else:
+                self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+
+    def open(self) -> BinaryIO:
+        return self.check.open()
+
+
+class S3Staging:
+    """A submission's inputs written straight to ``jobs/<id>/inputs/``; discard deletes them."""
+
+    def __init__(self, store: S3Store, job_id: str):
+        self.store, self.job_id = store, job_id
+        self.sinks: list[S3Sink] = []
+        self.keys: list[str] = []
+
+    def sink(self, name: str) -> S3Sink:
+        s = S3Sink(self.store.s3, self.store.bucket, self.store.key(self.job_id, "inputs", name))
+        self.sinks.append(s)
+        return s
+
+    def put(self, name: str, data: bytes) -> None:
+        key = self.store.key(self.job_id, "inputs", name)
+        self.keys.append(key)
+        with errors(f"s3://{self.store.bucket}/{key}"):
+            self.store.s3.put_object(Bucket=self.store.bucket, Key=key, Body=data)
+
+    def commit(self) -> None:
+        pass  # the objects are where the job looks for them
+
+    def discard(self) -> None:
+        for s in self.sinks:
+            s.abort()
+        if self.keys:
+            with contextlib.suppress(ClientError, BotoCoreError):
+                self.store.s3.delete_objects(Bucket=self.store.bucket, Delete={"Objects": [{"Key": k} for k in self.keys], "Quiet": True})
+
+
+class S3Attempt:
+    """An attempt in local scratch (``<scratch>/<worker>/``, wiped at its start and end):
+    the inputs downloaded into ``inputs/``, results in ``work/``, the log in ``pipeline.log``
+    (the stored log first, so that it keeps every attempt's output)."""
+
+    def __init__(self, store: S3Store, job_id: str, number: int, scratch: Path):
+        self.store, self.job_id, self.number = store, job_id, number
+        self.scratch = scratch
+        shutil.rmtree(scratch, ignore_errors=True)  # a killed attempt's leftovers, if any
+        self.inputs = scratch / "inputs"
+        self.workdir = scratch / "work"
+        self.inputs.mkdir(parents=True)
+        self.workdir.mkdir()
+        self._lock = threading.Lock()
+        self._synced = -1
+        log_path = scratch / "pipeline.log"
+        with open(log_path, "wb") as f:
+            with contextlib.suppress(NotFound):
+                store.download(store.key(job_id, "pipeline.log"), f)
+        self.log = open(log_path, "ab", buffering=0)
+
+    def fetch(self, names: list[str]) -> None:
+        for name in names:
+            with open(self.inputs / name, "wb") as f:
+                self.store.download(self.store.key(self.job_id, "inputs", name), f)
+
+    def publish(self, held: Callable[[], bool]) -> bool:
+        files = storage.files_in(self.workdir)
+        folder = f"attempts/{self.number}"
+        for name in files:
+            with open(self.workdir / name, "rb") as f, errors(f"publishing {name}"):
+                self.store.s3.upload_fileobj(f, self.store.bucket, self.store.key(self.job_id, folder, name))
+        if not held():
+            return False
+        manifest = {"attempt": self.number, "folder": folder, "files": files, "summary": summary_of(self.workdir / "report.json")}
+        self.store.write(self.store.key(self.job_id, "output.json"), json.dumps(manifest).encode())
+        return True
+
+    def sync_log(self) -> None:
+        path = self.scratch / "pipeline.log"
+        with self._lock:
+            size = path.stat().st_size
+            if size == self._synced:
+                return
+            with open(path, "rb") as f, errors("uploading the log"):
+                self.store.s3.put_object(Bucket=self.store.bucket, Key=self.store.key(self.job_id, "pipeline.log"), Body=f.read(size))
+            self._synced = size
+
+    def close(self) -> None:
+        try:
+            self.sync_log()
+        finally:
+            self.log.close()
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+class S3Store:
+    """Job files under ``s3://bucket/prefix/jobs/<job_id>/`` (see the module's docstring)."""
+
+    def __init__(self, bucket: str, prefix: str = "", *, scratch: Path, s3=None):
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.scratch = Path(scratch)
+        self.s3 = s3 or client()
+        self._held = None  # the lock on this worker's scratch folder, held for its life
+
+    @classmethod
+    def from_url(cls, url: str, *, scratch: Path) -> S3Store:
+        bucket, prefix = parse_url(url)
+        return cls(bucket, prefix, scratch=scratch)
+
+    def key(self, job_id: str, *names: str) -> str:
+        storage.job_dir(Path("/"), job_id)  # ValueError for anything but a job id
+        return "/".join(p for p in (self.prefix, "jobs", job_id, *names) if p)
+
+    # -- primitives ---------------------------------------------------------------------------
+
+    def read(self, key: str, range_: str | None = None) -> bytes:
+        with errors(f"s3://{self.bucket}/{key}"):
+            extra = {"Range": range_} if range_ else {}
+            return self.s3.get_object(Bucket=self.bucket, Key=key, **extra)["Body"].read()
+
+    def write(self, key: str, data: bytes) -> None:
+        with errors(f"s3://{self.bucket}/{key}"):
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def download(self, key: str, out: BinaryIO) -> None:
+        with errors(f"s3://{self.bucket}/{key}"):
+            self.s3.download_fileobj(self.bucket, key, out)
+
+    def keys_under(self, prefix: str) -> Iterator[dict]:
+        with errors(f"listing s3://{self.bucket}/{prefix}"):
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                yield from page.get("Contents", [])
+
+    def delete_prefix(self, prefix: str) -> None:
+        batch: list[dict] = []
+        for obj in list(self.keys_under(prefix)):
+            batch.append({"Key": obj["Key"]})
+            if len(batch) == 1000:
+                self._delete(batch)
+                batch = []
+        if batch:
+            self._delete(batch)
+
+    def _delete(self, batch: list[dict]) -> None:
+        with errors(f"deleting from s3://{self.bucket}"):
+            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+
+    # -- the Store interface ------------------------------------------------------------------
+
+    def staging(self, job_id: str) -> S3Staging:
+        self.key(job_id)
+        return S3Staging(self, job_id)
+
+    def attempt(self, job_id: str, number: int, worker: str) -> S3Attempt:
+        return S3Attempt(self, job_id, number, self._claim_scratch(storage.sanitize_filename(worker, "worker")))
+
+    def _claim_scratch(self, name: str) -> Path:
+        """This worker's scratch folder, ``<scratch>/<name>/``. A worker holds a lock on
+        ``<name>.lock`` while it lives; the folders of workers whose lock is free (killed
+        ones) are removed here, at the next attempt's start on the machine."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        if self._held is None:
+            self._held = open(self.scratch / f"{name}.lock", "w")
+            fcntl.flock(self._held, fcntl.LOCK_EX)
+        for lock in self.scratch.glob("*.lock"):
+            if lock.name == f"{name}.lock":
+                continue
+            with open(lock, "a") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # its worker is alive
+                shutil.rmtree(self.scratch / lock.stem, ignore_errors=True)
+                lock.unlink(missing_ok=True)
+        return self.scratch / name
+
+    def published(self, job_id: str) -> dict | None:
+        try:
+            manifest = json.loads(self.read(self.key(job_id, "output.json")))
+        except NotFound:
+            return None
+        return {"files": manifest["files"], "summary": manifest.get("summary", {})}
+
+    def log_tail(self, job_id: str, nbytes: int) -> bytes:
+        try:
+            return self.read(self.key(job_id, "pipeline.log"), f"bytes=-{nbytes}")
+        except NotFound:
+            return b""
+        except Unavailable as e:
+            if "InvalidRange" in str(e):  # an empty log
+                return b""
+            raise
+
+    def output(self, job_id: str, name: str) -> tuple[Iterator[bytes], int | None]:
+        try:
+            manifest = json.loads(self.read(self.key(job_id, "output.json")))
+        except NotFound:
+            raise NotFound(name) from None
+        if name not in manifest.get("files", []):
+            raise NotFound(name)
+        key = self.key(job_id, manifest["folder"], name)
+        with errors(f"s3://{self.bucket}/{key}"):
+            got = self.s3.get_object(Bucket=self.bucket, Key=key)
+        body = got["Body"]
+
+        def chunks() -> Iterator[bytes]:
+            with contextlib.closing(body):
+                yield from body.iter_chunks(READ_BYTES)
+
+        return chunks(), got.get("ContentLength")
+
+    def remove(self, job_id: str) -> None:
+        self.delete_prefix(self.key(job_id) + "/")
+
+    def prune(self, job_exists: Callable[[str], bool], older_than: float, uploads_older_than: float = 3600.0) -> list[str]:
+        """Delete the objects of jobs that expired from Redis (their newest object older
+        than ``older_than``), and abort multipart uploads left by a crash."""
+        root = "/".join(p for p in (self.prefix, "jobs", "") if p)
+        now, newest = time.time(), {}
+        for obj in self.keys_under(root):
+            job_id = obj["Key"][len(root):].split("/", 1)[0]
+            if storage.JOB_ID_RE.match(job_id):
+                newest[job_id] = max(newest.get(job_id, 0.0), obj["LastModified"].timestamp())
+        removed = []
+        for job_id, changed in newest.items():
+            if now - changed > older_than and not job_exists(job_id):
+                self.remove(job_id)
+                removed.append(job_id)
+        with errors("listing multipart uploads"):
+            for page in self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=root):
+                for up in page.get("Uploads", []):
+                    if now - up["Initiated"].timestamp() > uploads_older_than:
+                        with contextlib.suppress(ClientError):
+                            self.s3.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
+        return removed
+
+
+@functools.lru_cache(maxsize=4)
+def _client_for(endpoint: str | None, access_key: str | None, region: str | None):
+    return client()
+
+
+def shared_client():
+    """One client per process for objects outside the job store (inputs given by
+    reference), made again when the AWS configuration in the environment changes."""
+    env = os.environ.get
+    return _client_for(env("AWS_ENDPOINT_URL") or env("AWS_ENDPOINT_URL_S3"), env("AWS_ACCESS_KEY_ID"), env("AWS_REGION") or env("AWS_DEFAULT_REGION"))

@@ -1,0 +1,205 @@
+"""The same submissions on both storage backends (the data folder, and a real S3 server):
+uploads small and streamed, a real pipeline.sh run, its log and results; refusals that
+leave nothing behind; an unreachable store."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import signal
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pipeq import s3, storage
+from pipeq.api import uploads
+from pipeq.api.app import create_app
+from pipeq.store import open_store
+from tests.conftest import wait_for
+from tests.support import pipelines
+
+FINAL = ("finished", "failed", "canceled", "stopped")
+
+
+@pytest.fixture
+def client(backend):
+    with TestClient(create_app(backend)) as c:
+        yield c
+
+
+def stored(settings) -> list[str]:
+    """Everything the store holds: files under the data folder's jobs/, or the bucket's
+    objects and unfinished multipart uploads."""
+    if settings.storage == "file":
+        root = storage.jobs_root(settings.data_dir)
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.is_dir() else []
+    bucket, _ = s3.parse_url(settings.storage)
+    c = s3.client()
+    keys = [o["Key"] for o in c.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    ups = [f"upload:{u['Key']}" for u in c.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+    return sorted(keys + ups)
+
+
+def files_of(dataset, big: bytes | None = None):
+    files = [("reads", (p.name, p.read_bytes())) for p in dataset.reads]
+    if big is not None:
+        files[0] = ("reads", ("big_R1.fq", big))
+    files.append(("reference", (dataset.reference.name, dataset.reference.read_bytes())))
+    return files
+
+
+def final(client, job_id, timeout=90):
+    return wait_for(lambda: (s := client.get(f"/job_status/{job_id}").json())["status"] in FINAL and s, timeout=timeout, what=f"job {job_id} to end")
+
+
+@pytest.fixture
+def small_spool(monkeypatch):
+    """Files over 64 KiB go to their sink as they stream in (the test data is small)."""
+    monkeypatch.setattr(uploads, "SPOOL_BYTES", 64 * 1024)
+
+
+def test_uploads_run_and_results(client, backend, dataset, workers, small_spool):
+    # one reads file streamed into the store (plain FASTQ, over the spool size), one small
+    big = gzip.decompress(dataset.reads[0].read_bytes())
+    assert len(big) > uploads.SPOOL_BYTES
+    r = client.post("/run_pipeline", files=files_of(dataset, big), data={"sample": "S1"})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    assert any("big_R1.fq" in k for k in stored(backend))
+    workers.start()
+    s = final(client, job_id)
+    assert s["status"] == "finished", s
+    assert s["result"]["summary"]["reads_before"] == dataset.total_reads
+    files = s["result"]["files"]
+    assert "S1.vcf.gz" in files and "report.json" in files
+    vcf = client.get(f"/jobs/{job_id}/files/S1.vcf.gz")
+    assert vcf.status_code == 200 and vcf.headers["content-type"] == "application/octet-stream"
+    calls = {(f[0], int(f[1])) for f in (line.split("\t") for line in gzip.decompress(vcf.content).decode().splitlines() if not line.startswith("#"))}
+    assert all((snp.contig, snp.pos) in calls for snp in dataset.snps)
+    report = client.get(f"/jobs/{job_id}/files/report.json")
+    assert report.status_code == 200 and report.json()["reads_before"] == dataset.total_reads
+    assert "PROGRESS 100 done" in client.get(f"/jobs/{job_id}/log").text
+    for bad in ("..%2Fpipeline.log", "pipeline.log", "nothing.txt"):
+        assert client.get(f"/jobs/{job_id}/files/{bad}").status_code == 404, bad
+    if backend.storage != "file":
+        # the worker's scratch is gone once the attempt ends
+        assert wait_for(lambda: not any(backend.scratch_dir.rglob("*.fq")), timeout=10, what="scratch to be freed")
+
+
+def test_refusals_leave_nothing(client, backend, dataset, conn, small_spool):
+    big = gzip.decompress(dataset.reads[0].read_bytes())
+    truncated = gzip.compress(big)[:-100]  # a gzip cut short, streamed: checked as it arrives
+    cases = [
+        (422, files_of(dataset, truncated), "truncated"),
+        (422, files_of(dataset, b"@r1\nACGT\n+\nII\n" + big), "quality line"),
+    ]
+    for code, files, why in cases:
+        r = client.post("/run_pipeline", files=files)
+        assert r.status_code == code and why in r.text, r.text
+        assert stored(backend) == []
+    backend_limit = TestClient(create_app(backend.model_copy(update={"max_upload_bytes": 200 * 1024})))
+    with backend_limit as c:
+        r = c.post("/run_pipeline", files=files_of(dataset, big))
+        assert r.status_code == 413, r.text
+    assert stored(backend) == []
+    assert conn.llen(f"rq:queue:{backend.queue}") == 0
+
+
+def test_store_unreachable_at_submission_is_503_and_keeps_nothing(s3_server, settings, dataset, conn, monkeypatch, tmp_path):
+    bucket = "unreachable"
+    s3_server.make_bucket(bucket)
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
+    settings.storage = f"s3://{bucket}"
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/run_pipeline", files=files_of(dataset))
+        assert r.status_code == 503 and "object store" in r.json()["detail"], r.text
+        assert c.get("/healthz").status_code == 200
+    assert conn.llen(f"rq:queue:{settings.queue}") == 0
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.url)
+    assert s3.client().list_objects_v2(Bucket=bucket).get("Contents", []) == []
+
+
+def test_store_unreachable_during_a_job_fails_it_and_a_retry_finds_the_inputs(client, backend, dataset, workers, tmp_path):
+    if backend.storage == "file":
+        pytest.skip("the data folder's faults are tests/reliability/test_storage_faults.py")
+    backend.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
+    job_id = client.post("/run_pipeline", files=files_of(dataset)).json()["job_id"]
+    workers.start("cut-off", AWS_ENDPOINT_URL=f"http://127.0.0.1:{_closed_port()}")
+    s = final(client, job_id, timeout=60)
+    assert s["status"] == "failed" and s["error"]["reason"] == "storage error", s
+    assert "object store" in s["error"]["message"]
+    workers.stop()
+    # the inputs are still there: the job run again (RQ's requeue, `rq requeue`) finishes
+    from rq.job import Job
+
+    Job.fetch(job_id, connection=client.app.state.redis).requeue()
+    workers.start("reconnected", PIPEQ_TEST_SLEEP=0)
+    s = final(client, job_id, timeout=60)
+    assert s["status"] == "finished" and s["result"]["files"] == ["report.json", "result.txt"], s
+
+
+def test_worker_killed_while_uploading_results_publishes_once(client, backend, dataset, workers, tmp_path):
+    if backend.storage == "file":
+        pytest.skip("publishing into the data folder is one rename")
+    big_output = pipelines.HEADER + """
+echo "PROGRESS 10 work"
+echo "start $$ $(date +%s.%N) $outdir" >> "$PIPEQ_TEST_TRACE"
+head -c 200000000 /dev/zero > "$outdir/a-big.bin"
+echo '{"variants": 1}' > "$outdir/report.json"
+echo "end $$ $(date +%s.%N) $outdir" >> "$PIPEQ_TEST_TRACE"
+"""
+    backend.pipeline = pipelines.write(tmp_path, "pipe.sh", big_output)
+    backend.retries = 2
+    trace = tmp_path / "trace"
+    job_id = client.post("/run_pipeline", files=files_of(dataset)).json()["job_id"]
+    first = workers.start("first", PIPEQ_TEST_TRACE=trace)
+    bucket, _ = s3.parse_url(backend.storage)
+    c = s3.client()
+
+    def uploading():
+        ups = c.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        return [u for u in ups if "/attempts/1/" in u["Key"]]
+
+    wait_for(uploading, timeout=60, interval=0.02, what="attempt 1 to upload its results")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    workers.start("second", PIPEQ_TEST_TRACE=trace)
+    s = final(client, job_id, timeout=90)
+    assert s["status"] == "finished" and s["attempt"] == 2, s
+    assert s["result"]["files"] == ["a-big.bin", "report.json"]
+    got = client.get(f"/jobs/{job_id}/files/a-big.bin")
+    assert got.status_code == 200 and len(got.content) == 200_000_000
+    store = open_store(backend)
+    manifest = store.published(job_id)
+    assert manifest == {"files": ["a-big.bin", "report.json"], "summary": {"variants": 1}}
+    assert len([line for line in trace.read_text().splitlines() if line.startswith("end")]) == 2
+    # the killed worker's scratch (its 200 MB result) went when the next attempt started
+    assert not (backend.scratch_dir / "first").exists()
+
+
+def _closed_port() -> int:
+    from tests.support.s3server import free_port
+
+    return free_port()
+
+
+def test_s3_sink_streams_parts_and_checks_as_it_goes(s3_server, monkeypatch):
+    """A multipart upload of several parts, checked while it streams, is the file it was."""
+    s3_server.make_bucket("sink")
+    monkeypatch.setattr(s3, "PART_BYTES", 5 * 1024 * 1024)
+    record = b"@r\n" + b"ACGT" * 25 + b"\n+\n" + b"I" * 100 + b"\n"
+    member = gzip.compress(record * 30_000, compresslevel=0)  # stored, not deflated: 7 MB
+    sink = s3.S3Sink(s3_server.client(), "sink", "x/reads.fq.gz")
+    big = member * 2  # two gzip members, over three parts
+    view = io.BytesIO(big)
+    while piece := view.read(65536):
+        sink.write(piece)
+    sink.close()
+    assert len(sink.parts) >= 2
+    assert s3_server.client().get_object(Bucket="sink", Key="x/reads.fq.gz")["Body"].read() == big
+    from pipeq.validate import check_fastq
+
+    assert check_fastq(sink.open()) == 50

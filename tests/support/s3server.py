@@ -1,0 +1,121 @@
+"""A real S3-compatible server for the tests: versitygw with its POSIX backend.
+
+Built from its Go module by ``tools/gobuild.sh versitygw`` (tools/versitygw/go.mod; about
+4 minutes the first time on a machine, cached afterwards). :class:`VersityGW` runs it on a
+free loopback port over a temporary folder (one sub-folder per bucket) and stops it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ACCESS_KEY = "pipeq-test"
+SECRET_KEY = "pipeq-test-secret-key"
+REGION = "us-east-1"
+
+
+def versitygw_bin() -> Path:
+    """The versitygw binary, built first if it is missing."""
+    out = subprocess.run([str(ROOT / "tools" / "gobuild.sh"), "versitygw"], check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip().splitlines()[-1]) / "versitygw"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class VersityGW:
+    """``versitygw posix`` on 127.0.0.1:<free port>, serving the folders under ``root``."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables that point a client at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_REGION": REGION,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def start(self) -> VersityGW:
+        data, sidecar = self.root / "data", self.root / "meta"
+        data.mkdir(parents=True, exist_ok=True)
+        sidecar.mkdir(exist_ok=True)
+        self.log = open(self.root / "versitygw.log", "ab")
+        self.proc = subprocess.Popen(
+            [
+                str(versitygw_bin()),
+                "--port", f"127.0.0.1:{self.port}",
+                "--access", ACCESS_KEY,
+                "--secret", SECRET_KEY,
+                "--region", REGION,
+                "--quiet",
+                # metadata in a side folder: the tests' temporary folders need no xattrs
+                "posix", "--sidecar", str(sidecar), str(data),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"versitygw exited with {self.proc.returncode}: {(self.root / 'versitygw.log').read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("versitygw did not listen within 30 s") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if getattr(self, "log", None):
+            self.log.close()
+
+    def make_bucket(self, name: str) -> None:
+        self.client().create_bucket(Bucket=name)
+
+    def client(self):
+        from pipeq import s3
+
+        return s3.client(endpoint_url=self.url, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name=REGION)
+
+
+def set_env(env: dict[str, str]) -> dict[str, str | None]:
+    """Set variables in this process; returns what they were (for :func:`restore_env`)."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    return old
+
+
+def restore_env(old: dict[str, str | None]) -> None:
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
