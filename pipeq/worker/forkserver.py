@@ -7,7 +7,8 @@ This process pays the imports once; a fork from it is a worker ready in millisec
 
 Protocol (used by :class:`ForkServer`): the parent writes one worker name per line to our
 stdin; for each we fork a worker (a session leader, so its pipeline and it can be signalled
-as a group) and answer ``<name> <pid>`` on the reply descriptor given as argv[1]. We reap our
+as a group) and answer ``<name> <pid>`` on the reply descriptor given as argv[1]. First of
+all, once the imports are done, we say ``ready`` there. We reap our
 children and report ``exit <pid> <code>`` on the same descriptor. We exit when stdin closes;
 the workers we started keep running until they are stopped (as Popen'ed workers would).
 
@@ -74,6 +75,7 @@ def serve(reply_fd: int) -> int:
 
     signal.signal(signal.SIGCHLD, reap)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for `pipeq dev`, which stops us
+    reply("ready")
     for line in sys.stdin:
         name = line.strip()
         if not name:
@@ -123,6 +125,7 @@ class ForkServer:
     _exits: dict[int, int] = field(default_factory=dict)
     _replies: dict[str, int] = field(default_factory=dict)
     _closed: bool = False  # the server's reply pipe has closed: it is gone
+    _ready: bool = False  # the server has said that its imports are done
     _cond: threading.Condition = field(default_factory=threading.Condition)
 
     def start(self) -> "ForkServer":
@@ -137,6 +140,10 @@ class ForkServer:
 
     def _read(self, f) -> None:
         for line in f:
+            if line.split() == ["ready"]:  # one word: every other reply has two or three
+                with self._cond:
+                    self._ready = True
+                continue
             a, b, *rest = line.split()
             with self._cond:
                 if a == "exit":
@@ -150,6 +157,11 @@ class ForkServer:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def ready(self) -> bool:
+        """The server has imported the worker: a spawn from now on costs the fork alone."""
+        with self._cond:
+            return self._ready
 
     def spawn(self, name: str, timeout: float = 10.0) -> ForkedWorker:
         self.proc.stdin.write(name + "\n")
