@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Build pipeq's images with Docker: pipeq (API and operator, ./Dockerfile), pipeq-worker
+# (worker_image/Dockerfile) and pipeq-redis (redis_image/Dockerfile, for clusters that cannot
+# pull the chart's default Redis), all tagged TAG.
+#
+#   scripts/images.sh [--tag TAG] [pipeq] [worker] [redis]     # default: all three, TAG 0.1.0
+#
+# Python packages come from a wheelhouse built on this machine (cached by a hash of
+# requirements.txt) and copied into build/wheels, and the images install from it alone
+# (PIP_NO_INDEX=1): containers here cannot verify PyPI's certificate, and a laptop saves the
+# downloads. A plain `docker build .` works too where the container reaches PyPI.
+# Needs a running Docker (scripts/docker.sh up) and the base image (scripts/docker.sh base).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+tag=0.1.0
+if [ "${1:-}" = "--tag" ]; then tag=$2; shift 2; fi
+which=("$@"); [ ${#which[@]} -eq 0 ] && which=(pipeq worker redis)
+cache=${PIPEQ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pipeq}
+
+key=$( { echo cp311-manylinux; cat requirements.txt; grep -A3 "^\[build-system\]" pyproject.toml; } | sha256sum | cut -c1-12)
+wheels="$cache/wheels-$key"
+if [ ! -f "$wheels/.complete" ]; then
+  mkdir -p "$cache"
+  exec 9>"$cache/wheels.lock"; flock 9
+  if [ ! -f "$wheels/.complete" ]; then
+    echo "pipeq: building the wheelhouse $wheels (once per requirements.txt)" >&2
+    rm -rf "$wheels"; mkdir -p "$wheels"
+    # the images' python is Debian bookworm's 3.11: wheels for CPython 3.11 on glibc
+    # with pipeq's build backend (pyproject.toml's build-system), for the isolated build of pipeq
+    build_requires=$(python3 -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"])')
+    "$(scripts/venv.sh)/bin/pip" wheel -q --disable-pip-version-check -r requirements.txt $build_requires -w "$wheels" >&2
+    touch "$wheels/.complete"
+  fi
+fi
+find build/wheels -name '*.whl' -delete 2>/dev/null || true
+mkdir -p build/wheels
+cp "$wheels"/*.whl build/wheels/
+
+export DOCKER_BUILDKIT=0
+build() {  # NAME DOCKERFILE
+  local start; start=$(date +%s.%N)
+  docker build -q --build-arg PIP_NO_INDEX=1 -f "$2" -t "$1:$tag" . >/dev/null
+  printf 'pipeq: built %s:%s in %ss (%s)\n' "$1" "$tag" "$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')" \
+    "$(docker image inspect -f '{{.Size}}' "$1:$tag" | awk '{printf "%.0f MB", $1/1e6}')" >&2
+}
+for w in "${which[@]}"; do
+  case $w in
+    pipeq) build pipeq Dockerfile ;;
+    worker) build pipeq-worker worker_image/Dockerfile ;;
+    redis) build pipeq-redis redis_image/Dockerfile ;;
+    *) echo "scripts/images.sh: unknown image $w (pipeq, worker, redis)" >&2; exit 2 ;;
+  esac
+done
