@@ -344,22 +344,41 @@ class StreamCheck:
             self._kept.append(out if len(out) <= self._room else out[: self._room])
             self._room -= len(self._kept[-1])
 
-    def head(self) -> tuple[bytes, bool]:
+    def head(self, whole: bool = True) -> tuple[bytes, bool]:
         """The first HEAD_BYTES of the content and whether more follows; InvalidInput for
-        damaged or truncated gzip."""
+        damaged gzip, or truncated gzip when the bytes fed are the ``whole`` file (else they
+        are its first bytes only, and more follows them)."""
         if self._gzip is None:
             self._keep(self._start)  # under two bytes in all: not gzip
         if self._error is not None:
             raise self._error
-        if self._d is not None:
+        if self._d is not None and whole:
             raise InvalidInput("the gzip file is truncated")
         data = self._kept[0] if len(self._kept) == 1 else b"".join(self._kept)
-        if self._room > 0:
+        if self._room > 0 and whole:
             return data, False
+        if self._room > 0:  # the head of a prefix: its last line may be cut
+            return data, True
         return data[:HEAD_BYTES], True
 
-    def open(self) -> BinaryIO:
+    def open(self, whole: bool = True) -> BinaryIO:
         """The head as a plain file for :func:`check_fastq` / :func:`check_fasta` (which find
         the same lines in it as in the whole file)."""
-        data, more = self.head()
-        return io.BytesIO(data + b"\n" if more else data)  # a byte past HEAD_BYTES: "more follows"
+        data, more = self.head(whole)
+        return _FollowedBy(data) if more else io.BytesIO(data)
+
+
+class _FollowedBy(io.BytesIO):
+    """A head of which more follows: a read past its end gets a byte (what the checks ask to
+    tell whether a file goes on past what they read)."""
+
+    def read(self, n: int | None = -1) -> bytes:
+        return super().read(n) or (b"\n" if n else b"")
+
+
+def head_of(prefix: bytes, whole: bool) -> BinaryIO:
+    """What the record checks read of a file of which only ``prefix`` was read (the ranged
+    read of a reference), ``whole`` when it is all of the file."""
+    seen = StreamCheck()
+    seen.feed(prefix)
+    return seen.open(whole)

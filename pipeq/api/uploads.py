@@ -76,7 +76,7 @@ def boundary_of(content_type: str) -> bytes:
     """The boundary of a ``multipart/form-data`` content type; Rejected otherwise."""
     kind, params = _header_options(content_type.encode("latin-1"))
     if kind != "multipart/form-data":
-        raise Rejected(415, "", f"the body must be multipart/form-data, not {kind or 'empty'!r}")
+        raise Rejected(415, "", f"the body must be multipart/form-data (uploads) or application/json (inputs by URL), not {kind or 'empty'!r}")
     boundary = params.get("boundary", "")
     if not 1 <= len(boundary) <= 70:
         raise Rejected(400, "", "the multipart/form-data content type has no valid boundary")

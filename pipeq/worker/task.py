@@ -25,7 +25,7 @@ from pathlib import Path
 
 from rq import get_current_job
 
-from pipeq import progress, queue
+from pipeq import progress, queue, references
 from pipeq.metrics_store import record_duration
 from pipeq.settings import Settings, get_settings
 from pipeq.store import Store, Unavailable, open_store
@@ -62,8 +62,11 @@ def store_of(settings: Settings) -> Store:
     return _stores[settings.storage]
 
 
-def run_pipeline(reads: list[str], reference: str, sample: str | None = None) -> dict:
+def run_pipeline(reads: list[str], reference: str, sample: str | None = None, sources: dict[str, str] | None = None) -> dict:
     """Run the pipeline on the job's inputs; return ``{"files": [...], "summary": {...}}``.
+
+    ``reads`` and ``reference`` name the inputs; those in ``sources`` (name → URL) were given
+    by reference and are fetched from there, the others are the job's stored uploads.
 
     Raises PipelineFailed (and forfeits the job's retries: a pipeline that fails by itself
     fails again) on a non-zero exit, a timeout, a stop or a storage error.
@@ -104,7 +107,7 @@ def run_pipeline(reads: list[str], reference: str, sample: str | None = None) ->
     except Unavailable as e:
         fail("storage error", f"cannot reach the object store: {e}")
     try:
-        return _attempt(settings, job, attempt, number, reads, reference, sample, fail)
+        return _attempt(settings, job, attempt, number, reads, reference, sample, sources or {}, fail)
     finally:
         try:
             attempt.close()
@@ -112,9 +115,13 @@ def run_pipeline(reads: list[str], reference: str, sample: str | None = None) ->
             pass  # the scratch is freed anyway; the next attempt's start frees it too
 
 
-def _attempt(settings: Settings, job, attempt, number: int, reads: list[str], reference: str, sample: str | None, fail) -> dict:
+def _attempt(settings: Settings, job, attempt, number: int, reads: list[str], reference: str, sample: str | None, sources: dict[str, str], fail) -> dict:
     try:
-        attempt.fetch([*reads, reference])
+        attempt.fetch([n for n in (*reads, reference) if n not in sources])
+        attempt.inputs.mkdir(parents=True, exist_ok=True)
+        for name, url in sources.items():
+            with open(attempt.inputs / name, "wb") as out:
+                references.fetch(url, out)
     except OSError as e:
         fail("storage error", f"cannot copy the inputs to scratch: {e.strerror or e}")
     except Unavailable as e:

@@ -203,3 +203,68 @@ def test_s3_sink_streams_parts_and_checks_as_it_goes(s3_server, monkeypatch):
     from pipeq.validate import check_fastq
 
     assert check_fastq(sink.open()) == 50
+
+
+@pytest.fixture
+def referenced(backend, s3_server, dataset, monkeypatch):
+    """The dataset in a bucket of its own and on a local HTTP server, both allowed; the
+    AWS variables set on either backend (the workers fetch s3:// references with them)."""
+    import uuid
+
+    from tests.support.httpfiles import FileServer
+
+    bucket = f"refs-{uuid.uuid4().hex[:12]}"
+    s3_server.make_bucket(bucket)
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    c = s3_server.client()
+    for p in (*dataset.reads, dataset.reference):
+        c.upload_file(str(p), bucket, f"lab/{p.name}")
+    with FileServer(dataset.reference.parent) as http:
+        backend.reference_hosts = f"s3://{bucket}, {http.url}"
+        yield {"s3": f"s3://{bucket}/lab", "http": http.url, "bucket": bucket}
+
+
+def test_inputs_by_reference_run(client, backend, dataset, referenced, workers):
+    body = {
+        "reads": [f"{referenced['s3']}/{p.name}" for p in dataset.reads],
+        "reference": f"{referenced['http']}/{dataset.reference.name}",
+        "sample": "S2",
+    }
+    r = client.post("/run_pipeline", json=body)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    assert stored(backend) == []  # nothing is copied at submission
+    workers.start()
+    s = final(client, job_id)
+    assert s["status"] == "finished", s
+    assert s["result"]["summary"]["reads_before"] == dataset.total_reads
+    assert "S2.vcf.gz" in s["result"]["files"]
+
+
+def test_bad_references_are_4xx_naming_the_url_and_leave_nothing(client, backend, dataset, referenced, conn):
+    reads = [f"{referenced['s3']}/{p.name}" for p in dataset.reads]
+    reference = f"{referenced['s3']}/{dataset.reference.name}"
+    cases = [
+        ({"reads": [f"{referenced['s3']}/missing.fq.gz"], "reference": reference}, "missing.fq.gz: no such object"),
+        ({"reads": [reference], "reference": reference}, "looks like FASTA"),
+        ({"reads": reads, "reference": reads[0]}, "looks like FASTQ"),
+        ({"reads": reads, "reference": "s3://other-bucket/ref.fa"}, "s3://other-bucket is not allowed"),
+        ({"reads": reads, "reference": "http://169.254.169.254/latest/meta-data/ref.fa"}, "http://169.254.169.254 is not allowed"),
+        ({"reads": reads, "reference": f"{referenced['http']}/redirect/ref.fa"}, "redirects"),
+        ({"reads": reads, "reference": f"{referenced['http']}/missing.fa"}, "answered 404"),
+        ({"reads": reads, "reference": "file:///etc/passwd"}, "s3:// or https://"),
+    ]
+    for body, why in cases:
+        r = client.post("/run_pipeline", json=body)
+        assert r.status_code == 422, (body, r.text)
+        msg = r.json()["detail"][0]["msg"]
+        assert why in msg, (why, msg)
+        assert body["reference"] in msg or any(u in msg for u in body["reads"]), msg
+    r = client.post("/run_pipeline", json={"reads": reads})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "reference"], r.text
+    backend.max_upload_bytes = 1000
+    r = client.post("/run_pipeline", json={"reads": reads, "reference": reference})
+    assert r.status_code == 413 and "accepted bytes per file" in r.text, r.text
+    assert stored(backend) == []
+    assert conn.llen(f"rq:queue:{backend.queue}") == 0

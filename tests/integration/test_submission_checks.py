@@ -130,6 +130,6 @@ def test_large_uploads_are_spooled_on_the_data_volume_and_moved_into_place(clien
 
 
 def test_other_content_types_are_415(client, settings, conn):
-    r = client.post("/run_pipeline", json={"reads": ["r.fq"]})
-    assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
+    r = client.post("/run_pipeline", content=b"reads=r.fq", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"] and "application/json" in r.json()["detail"]
     nothing_left(settings, conn)

@@ -9,17 +9,17 @@ import redis
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from rq.job import Job
 
-from pipeq import jobs, queue, storage
+from pipeq import jobs, queue, references, storage
 from pipeq.api import uploads
 from pipeq.api.deps import get_redis, get_settings, get_store
 from pipeq.api.metrics import SUBMISSIONS
 from pipeq.api.uploads import Rejected
 from pipeq.settings import Settings
 from pipeq.store import Staging, Store, Unavailable
-from pipeq.validate import InvalidInput, check_fasta, check_fastq
+from pipeq.validate import InvalidInput, check_fasta, check_fastq, head_of
 
 router = APIRouter(tags=["runs"])  # the token check, if any, is added by create_app
 
@@ -37,6 +37,16 @@ class RunPipelineForm(BaseModel):
     sample: str | None = Field(None, pattern=SAMPLE_PATTERN, description="Sample name, used to name the outputs.")
 
 
+class RunPipelineReferences(BaseModel):
+    """The JSON body of ``POST /run_pipeline``: inputs named by URL instead of uploaded.
+    Each is checked by a ranged read of its head before the 202; only the schemes and hosts
+    of ``PIPEQ_REFERENCE_HOSTS`` (and the store's own bucket) are fetched."""
+
+    reads: list[str] = Field(min_length=1, max_length=2, description="One or two `s3://` or `https://` URLs of FASTQ files, plain or gzip.")
+    reference: str = Field(description="The `s3://` or `https://` URL of the reference, FASTA, plain or gzip.")
+    sample: str | None = Field(None, pattern=SAMPLE_PATTERN, description="Sample name, used to name the outputs.")
+
+
 @router.post(
     "/run_pipeline",
     status_code=status.HTTP_202_ACCEPTED,
@@ -51,7 +61,13 @@ class RunPipelineForm(BaseModel):
         507: {"description": "The server cannot store the uploads (disk full); nothing was kept."},
     },
     openapi_extra={
-        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": RunPipelineForm.model_json_schema()}}}
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": RunPipelineForm.model_json_schema()},
+                "application/json": {"schema": RunPipelineReferences.model_json_schema()},
+            },
+        }
     },
     summary="Submit a pipeline run",
 )
@@ -67,6 +83,8 @@ async def run_pipeline(
     enqueued and nothing is left in storage.
     """
     job_id = uuid.uuid4().hex
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
+        return await _run_references(request, settings, conn, job_id)
     staging = store.staging(job_id)
     namer = _Namer()
     try:
@@ -97,6 +115,59 @@ async def run_pipeline(
         raise
 
 
+async def _run_references(request: Request, settings: Settings, conn: redis.Redis, job_id: str) -> Response:
+    body = await request.body()
+    if len(body) > uploads.MAX_FIELD_BYTES:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, detail=f"a JSON body of more than {uploads.MAX_FIELD_BYTES} bytes")
+    try:
+        given = RunPipelineReferences.model_validate_json(body)
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False, include_input=False)]) from None
+    try:
+        return await run_in_threadpool(_submit_references, settings, conn, job_id, given)
+    except Rejected as e:
+        SUBMISSIONS.labels(outcome="rejected").inc()
+        raise _refusal(e) from None
+
+
+def _submit_references(settings: Settings, conn: redis.Redis, job_id: str, given: RunPipelineReferences) -> Response:
+    """Check each referenced input by a ranged read of its head, then enqueue the run; the
+    worker fetches them. Nothing is stored at submission."""
+    names: dict = {"reads": []}
+    sources: dict[str, str] = {}
+    used: set[str] = set()
+    total = 0
+    for field, url, fallback, check in (
+        *((f"reads[{i}]", u, f"reads_{i + 1}.fastq", check_fastq) for i, u in enumerate(given.reads)),
+        ("reference", given.reference, "reference.fasta", check_fasta),
+    ):
+        label = f"{field.split('[')[0]}" if len(given.reads) == 1 or field == "reference" else field
+        if why := references.allowed(url, settings):
+            raise Rejected(422, label, f"{url}: {why}")
+        try:
+            head = references.head(url)
+        except references.Refused as e:
+            raise Rejected(422, label, f"{url}: {e}") from None
+        if head.length > settings.max_upload_bytes:
+            raise Rejected(413, label, f"{url}: {head.length} bytes, more than the {settings.max_upload_bytes} accepted bytes per file")
+        total += head.length
+        if total > settings.max_total_upload_bytes:
+            raise Rejected(413, "files", f"more than the {settings.max_total_upload_bytes} accepted bytes in all")
+        try:
+            check(head_of(head.data, whole=len(head.data) >= head.length))
+        except InvalidInput as e:
+            raise Rejected(422, label, f"{url}: {e}") from None
+        name = unique(references.name_of(url, fallback), used)
+        sources[name] = url
+        if field == "reference":
+            names["reference"] = name
+        else:
+            names["reads"].append(name)
+    meta = {"sample": given.sample, "attempt": 0, "inputs": names}
+    kwargs = {"reads": names["reads"], "reference": names["reference"], "sample": given.sample, "sources": sources}
+    return _enqueue(settings, conn, job_id, kwargs, meta)
+
+
 def _refusal(r: Rejected) -> HTTPException:
     if r.code == 422:
         return HTTPException(r.code, detail=[{"loc": ["body", r.field], "msg": r.reason, "type": "value_error"}])
@@ -115,6 +186,10 @@ def _submit(settings: Settings, conn: redis.Redis, job_id: str, parts: list[uplo
     staging.commit()
     meta = {"sample": sample, "attempt": 0, "inputs": names}
     kwargs = {"reads": names["reads"], "reference": names["reference"], "sample": sample}
+    return _enqueue(settings, conn, job_id, kwargs, meta)
+
+
+def _enqueue(settings: Settings, conn: redis.Redis, job_id: str, kwargs: dict, meta: dict) -> Response:
     queue.enqueue_run(conn, settings.queue, job_id, kwargs, meta=meta, retries=settings.retries, ttl=settings.job_ttl)
     SUBMISSIONS.labels(outcome="accepted").inc()
     # the model's own JSON, as in job_status (response_model still gives the schema)
@@ -165,12 +240,16 @@ class _Namer:
             if part.name == "reads":
                 self.reads += 1
             fallback = f"reads_{self.reads}.fastq" if part.name == "reads" else "reference.fasta"
-            name = storage.sanitize_filename(part.filename or "", fallback)
-            while name in self.used:
-                name = "_" + name
-            self.used.add(name)
-            part.stored_name = name
+            part.stored_name = unique(storage.sanitize_filename(part.filename or "", fallback), self.used)
         return part.stored_name
+
+
+def unique(name: str, used: set[str]) -> str:
+    """``name``, with leading underscores until it is not in ``used``; added to it."""
+    while name in used:
+        name = "_" + name
+    used.add(name)
+    return name
 
 
 def _store_and_check(staging: Staging, namer: _Namer, reads: list[uploads.Part], reference: uploads.Part) -> dict:

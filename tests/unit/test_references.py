@@ -1,0 +1,49 @@
+"""Inputs by URL: which URLs may be fetched (SSRF), and the checks of a head read alone."""
+
+from __future__ import annotations
+
+import gzip
+import random
+
+import pytest
+
+from pipeq.references import allowed, name_of
+from pipeq.settings import Settings
+from pipeq.validate import InvalidInput, check_fastq, head_of
+
+
+def test_only_listed_schemes_and_hosts_are_allowed():
+    s = Settings(reference_hosts="https://*.ebi.ac.uk, s3://lab-data,http://127.0.0.1:8080", storage="s3://jobs-bucket/pipeq")
+    for ok in ("https://ftp.ebi.ac.uk/a/r.fq.gz", "s3://lab-data/x/r.fq", "http://127.0.0.1:8080/r.fa", "s3://jobs-bucket/pipeq/uploads/1/r.fq"):
+        assert allowed(ok, s) is None, ok
+    for bad, why in (
+        ("https://ebi.ac.uk.evil.com/r.fq", "not allowed"),
+        ("http://ftp.ebi.ac.uk/r.fq", "not allowed"),  # the scheme counts too
+        ("https://169.254.169.254/latest/meta-data/x", "not allowed"),
+        ("http://127.0.0.1:6379/x", "not allowed"),
+        ("s3://other/x", "not allowed"),
+        ("file:///etc/passwd", "s3:// or https://"),
+        ("gopher://127.0.0.1/x", "s3:// or https://"),
+        ("https://user:pw@ftp.ebi.ac.uk/r.fq", "credentials"),
+        ("s3://lab-data/folder/", "not a folder"),
+        ("https://[::1", "not a valid URL"),
+    ):
+        assert why in (allowed(bad, s) or ""), bad
+    assert allowed("s3://jobs-bucket/x", Settings()) is not None  # the file backend has no bucket
+
+
+def test_names_come_from_the_last_path_segment():
+    assert name_of("https://h/a/b/S1_R1.fq.gz?x=1", "r") == "S1_R1.fq.gz"
+    assert name_of("s3://b/a/%2e%2e%2fevil", "r") == "evil"  # the decoded "../" is dropped
+
+
+def test_the_head_of_a_large_gzip_is_checked_without_its_end():
+    rng = random.Random(1)
+    records = b"".join(b"@r%d\n%s\n+\n%s\n" % (i, bytes(rng.choice(b"ACGT") for _ in range(100)), b"I" * 100) for i in range(20000))
+    data = gzip.compress(records)
+    prefix = data[: len(data) // 3]
+    assert check_fastq(head_of(prefix, whole=False)) == 50
+    with pytest.raises(InvalidInput, match="truncated"):
+        check_fastq(head_of(prefix, whole=True))
+    with pytest.raises(InvalidInput, match="quality line"):
+        check_fastq(head_of(gzip.compress(b"@r\nACGT\n+\nII\n" + records)[:5000], whole=False))
