@@ -4,8 +4,8 @@ Only URLs whose scheme and host an entry of ``PIPEQ_REFERENCE_HOSTS`` allows are
 by the API (a ranged read of the head, to check it before the 202) and by the worker (the
 whole object, into scratch): a user cannot make pipeq read the cluster's internal
 addresses (SSRF) or a bucket its credentials reach but the user should not. An entry is
-``scheme://host[:port]``, and ``*.`` before a host allows its subdomains; the job store's
-own bucket (``s3://BUCKET``, where presigned uploads land) is always allowed. Redirects are
+``scheme://host[:port]``, and ``*.`` before a host allows its subdomains; in the job store's
+own bucket, where presigned uploads land, ``<PREFIX>/uploads/`` is always allowed. Redirects are
 not followed (a redirect could point anywhere).
 """
 
@@ -55,6 +55,11 @@ def allowed(url: str, settings: Settings) -> str | None:
     if not parts.path.strip("/") or parts.path.endswith("/"):
         return "a reference must name an object, not a folder"
     host = parts.hostname.lower() + (f":{port}" if port else "")
+    if parts.scheme == "s3" and settings.storage.startswith("s3://"):
+        own = urlsplit(settings.storage)
+        uploads = "/".join(p for p in (own.path.strip("/"), "uploads", "") if p)
+        if host == own.hostname and parts.path.lstrip("/").startswith(uploads):
+            return None  # a presigned upload (POST /uploads) into the job store
     for entry in allow_list(settings):
         scheme, _, pattern = entry.partition("://")
         if scheme != parts.scheme:
@@ -65,10 +70,7 @@ def allowed(url: str, settings: Settings) -> str | None:
 
 
 def allow_list(settings: Settings) -> list[str]:
-    entries = [e.strip().lower().rstrip("/") for e in settings.reference_hosts.split(",") if e.strip()]
-    if settings.storage.startswith("s3://"):
-        entries.append("s3://" + urlsplit(settings.storage).hostname)
-    return entries
+    return [e.strip().lower().rstrip("/") for e in settings.reference_hosts.split(",") if e.strip()]
 
 
 def name_of(url: str, fallback: str) -> str:

@@ -43,6 +43,8 @@ from pipeq.validate import StreamCheck
 
 #: Size of the parts of a multipart upload (S3 wants at least 5 MiB but for the last).
 PART_BYTES = 8 * 1024 * 1024
+#: S3's most parts in one multipart upload.
+MAX_PARTS = 10_000
 #: Bytes per read when a result or an input is streamed out of the store.
 READ_BYTES = 1024 * 1024
 _MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
@@ -269,6 +271,46 @@ class S3Store:
         with errors(f"deleting from s3://{self.bucket}"):
             self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
+    # -- uploads that bypass the API (POST /uploads) -------------------------------------------
+
+    def upload_key(self, upload_id: str, name: str) -> str:
+        return "/".join(p for p in (self.prefix, "uploads", upload_id, name) if p)
+
+    def start_upload(self, key: str, size: int, expires: int, signer=None) -> tuple[str, int, list[str]]:
+        """Create a multipart upload of ``size`` bytes at ``key``; return its S3 upload id,
+        the part size and one presigned PUT URL per part (signed by ``signer``, a client for
+        the endpoint that the uploader reaches, by default this store's)."""
+        part = max(PART_BYTES, -(-size // MAX_PARTS))
+        part = -(-part // (1024 * 1024)) * 1024 * 1024  # whole MiB
+        count = max(1, -(-size // part))
+        with errors(f"s3://{self.bucket}/{key}"):
+            upload_id = self.s3.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+            signer = signer or self.s3
+            urls = [
+                signer.generate_presigned_url(
+                    "upload_part",
+                    Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": n},
+                    ExpiresIn=expires,
+                )
+                for n in range(1, count + 1)
+            ]
+        return upload_id, part, urls
+
+    def complete_upload(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> int:
+        """Finish a multipart upload from its parts' (number, ETag); return the object's size."""
+        with errors(f"s3://{self.bucket}/{key}"):
+            self.s3.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in sorted(parts)]},
+            )
+            return int(self.s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        with contextlib.suppress(ClientError, BotoCoreError):
+            self.s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        with contextlib.suppress(ClientError, BotoCoreError):
+            self.s3.delete_object(Bucket=self.bucket, Key=key)
+
     # -- the Store interface ------------------------------------------------------------------
 
     def staging(self, job_id: str) -> S3Staging:
@@ -336,22 +378,27 @@ class S3Store:
     def remove(self, job_id: str) -> None:
         self.delete_prefix(self.key(job_id) + "/")
 
-    def prune(self, job_exists: Callable[[str], bool], older_than: float, uploads_older_than: float = 3600.0) -> list[str]:
+    def prune(self, job_exists: Callable[[str], bool], older_than: float, uploads_older_than: float = 86400.0) -> list[str]:
         """Delete the objects of jobs that expired from Redis (their newest object older
-        than ``older_than``), and abort multipart uploads left by a crash."""
+        than ``older_than``) and presigned uploads as old, and abort multipart uploads left
+        unfinished (by a crash, or an uploader gone) for ``uploads_older_than``."""
         root = "/".join(p for p in (self.prefix, "jobs", "") if p)
         now, newest = time.time(), {}
         for obj in self.keys_under(root):
             job_id = obj["Key"][len(root):].split("/", 1)[0]
             if storage.JOB_ID_RE.match(job_id):
                 newest[job_id] = max(newest.get(job_id, 0.0), obj["LastModified"].timestamp())
+        uploads = "/".join(p for p in (self.prefix, "uploads", "") if p)
+        old = [{"Key": o["Key"]} for o in self.keys_under(uploads) if now - o["LastModified"].timestamp() > older_than]
+        for i in range(0, len(old), 1000):
+            self._delete(old[i : i + 1000])
         removed = []
         for job_id, changed in newest.items():
             if now - changed > older_than and not job_exists(job_id):
                 self.remove(job_id)
                 removed.append(job_id)
         with errors("listing multipart uploads"):
-            for page in self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=root):
+            for page in self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self.prefix):
                 for up in page.get("Uploads", []):
                     if now - up["Initiated"].timestamp() > uploads_older_than:
                         with contextlib.suppress(ClientError):

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, multiprocess
 from pipeq import __version__, queue
 from pipeq.api.deps import require_token
 from pipeq.api.metrics import REGISTRY, QueueCollector
-from pipeq.api.routers import health, jobs, runs
+from pipeq.api.routers import health, jobs, presigned, runs
 from pipeq.settings import Settings, get_settings
 from pipeq.store import Unavailable, open_store
 
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     auth = [Depends(require_token)] if settings.api_token else []
     app.include_router(runs.router, dependencies=auth)
     app.include_router(jobs.router, dependencies=auth)
+    app.include_router(presigned.router, dependencies=auth)
     app.include_router(health.router)
 
     if not settings.api_token:

@@ -268,3 +268,48 @@ def test_bad_references_are_4xx_naming_the_url_and_leave_nothing(client, backend
     assert r.status_code == 413 and "accepted bytes per file" in r.text, r.text
     assert stored(backend) == []
     assert conn.llen(f"rq:queue:{backend.queue}") == 0
+
+
+def test_presigned_upload_then_a_submission_naming_it(client, backend, dataset, workers):
+    import httpx
+
+    info = client.get("/uploads/info").json()
+    if backend.storage == "file":
+        assert info["enabled"] is False
+        r = client.post("/uploads", json={"filename": "r.fq.gz", "size": 10})
+        assert r.status_code == 409 and "object storage" in r.text
+        return
+    assert info["enabled"] is True
+    refs = []
+    for p in (*dataset.reads, dataset.reference):
+        data = p.read_bytes()
+        up = client.post("/uploads", json={"filename": p.name, "size": len(data)})
+        assert up.status_code == 201, up.text
+        up = up.json()
+        etags = []
+        for part in up["parts"]:
+            n = part["part_number"]
+            piece = data[(n - 1) * up["part_size"] : n * up["part_size"]]
+            put = httpx.put(part["url"], content=piece)  # straight to the store, no credentials
+            assert put.status_code == 200, put.text
+            etags.append({"part_number": n, "etag": put.headers["etag"]})
+        done = client.post(f"/uploads/{up['upload_id']}/complete", json={"parts": etags})
+        assert done.status_code == 200, done.text
+        assert done.json()["size"] == len(data)
+        refs.append(done.json()["reference"])
+    r = client.post("/run_pipeline", json={"reads": refs[:2], "reference": refs[2], "sample": "P1"})
+    assert r.status_code == 202, r.text
+    workers.start()
+    s = final(client, r.json()["job_id"])
+    assert s["status"] == "finished" and s["result"]["summary"]["reads_before"] == dataset.total_reads, s
+    # the store's bucket outside uploads/ is not a reference (another job's inputs, say)
+    job_input = refs[0].replace("/uploads/", "/jobs/")
+    r = client.post("/run_pipeline", json={"reads": [job_input], "reference": refs[2]})
+    assert r.status_code == 422 and "not allowed" in r.text
+    # bad completions
+    assert client.post("/uploads/" + "0" * 32 + "/complete", json={"parts": [{"part_number": 1, "etag": "x"}]}).status_code == 404
+    up = client.post("/uploads", json={"filename": "x.fq", "size": 5}).json()
+    bad = client.post(f"/uploads/{up['upload_id']}/complete", json={"parts": [{"part_number": 1, "etag": '"nope"'}]})
+    assert bad.status_code == 422, bad.text
+    too_big = client.post("/uploads", json={"filename": "x.fq", "size": backend.max_upload_bytes + 1})
+    assert too_big.status_code == 413

@@ -22,6 +22,7 @@ def test_only_listed_schemes_and_hosts_are_allowed():
         ("https://169.254.169.254/latest/meta-data/x", "not allowed"),
         ("http://127.0.0.1:6379/x", "not allowed"),
         ("s3://other/x", "not allowed"),
+        ("s3://jobs-bucket/pipeq/jobs/0123/inputs/r.fq", "not allowed"),  # the store's bucket: its uploads/ only
         ("file:///etc/passwd", "s3:// or https://"),
         ("gopher://127.0.0.1/x", "s3:// or https://"),
         ("https://user:pw@ftp.ebi.ac.uk/r.fq", "credentials"),

@@ -118,7 +118,7 @@ async def run_pipeline(
 async def _run_references(request: Request, settings: Settings, conn: redis.Redis, job_id: str) -> Response:
     body = await request.body()
     if len(body) > uploads.MAX_FIELD_BYTES:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, detail=f"a JSON body of more than {uploads.MAX_FIELD_BYTES} bytes")
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=f"a JSON body of more than {uploads.MAX_FIELD_BYTES} bytes")
     try:
         given = RunPipelineReferences.model_validate_json(body)
     except ValidationError as e:

@@ -150,10 +150,13 @@ function checkLocally() {
   return !form.querySelector(".invalid");
 }
 
-form.addEventListener("submit", (e) => {
+form.addEventListener("submit", async (e) => {
   e.preventDefault();
   clearErrors();
   if (!checkLocally()) { form.querySelector("[aria-invalid]").focus(); return; }
+  const info = await presignedInfo();
+  const chosen = [...$("reads").files, $("reference").files[0]];
+  if (info.enabled && chosen.some((f) => f.size > info.threshold_bytes)) { uploadDirect(); return; }
   const data = new FormData();
   for (const f of $("reads").files) data.append("reads", f);
   data.append("reference", $("reference").files[0]);
@@ -195,6 +198,79 @@ function upload(data) {
   xhr.open("POST", "/run_pipeline");
   for (const [k, v] of Object.entries(authHeaders())) xhr.setRequestHeader(k, v);
   xhr.send(data);
+}
+
+// ---- large files: straight to the object store ------------------------------------------
+// With object storage, files over the server's threshold are PUT part by part to presigned
+// URLs (POST /uploads), and the run names the uploaded files (a JSON submission); the bytes
+// never pass through the API.
+let uploadsInfo = null;
+async function presignedInfo() {
+  if (!uploadsInfo) {
+    try {
+      const res = await api("/uploads/info");
+      uploadsInfo = res.ok ? await res.json() : { enabled: false };
+    } catch (err) { uploadsInfo = { enabled: false }; }
+  }
+  return uploadsInfo;
+}
+
+async function uploadDirect() {
+  const bar = $("upload-progress");
+  const reads = [...$("reads").files];
+  const all = [...reads, $("reference").files[0]];
+  const total = all.reduce((n, f) => n + f.size, 0);
+  let sent = 0;
+  $("submit").disabled = true;
+  show(bar, true);
+  bar.value = 0;
+  try {
+    const refs = [];
+    for (const f of all) {
+      refs.push(await putFile(f, (n) => {
+        sent += n;
+        bar.value = Math.round((sent / total) * 100);
+        setText($("upload-text"), `Uploading to the store… ${bar.value}%`);
+      }));
+    }
+    setText($("upload-text"), "Checking the files…");
+    const body = { reads: refs.slice(0, reads.length), reference: refs[refs.length - 1] };
+    if ($("sample").value) body.sample = $("sample").value;
+    const res = await api("/run_pipeline", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    const out = await res.json().catch(() => null);
+    if (res.status === 202) {
+      form.reset();
+      listChosen();
+      location.hash = `#/jobs/${out.job_id}`;
+      return;
+    }
+    for (const r of reasons(out)) showError(r.field, r.msg);
+  } catch (err) {
+    showError(null, err.message);
+  } finally {
+    $("submit").disabled = false;
+    show(bar, false);
+    setText($("upload-text"), "");
+  }
+}
+
+async function putFile(file, progress) {
+  const json = { "Content-Type": "application/json" };
+  const res = await api("/uploads", { method: "POST", headers: json, body: JSON.stringify({ filename: file.name, size: file.size }) });
+  const up = await res.json().catch(() => null);
+  if (res.status !== 201) throw new Error(`${file.name}: ${reasons(up)[0].msg}`);
+  const parts = [];
+  for (const p of up.parts) {
+    const piece = file.slice((p.part_number - 1) * up.part_size, p.part_number * up.part_size);
+    const put = await fetch(p.url, { method: "PUT", body: piece });
+    if (!put.ok) throw new Error(`The object store refused part ${p.part_number} of ${file.name} (${put.status}).`);
+    parts.push({ part_number: p.part_number, etag: put.headers.get("ETag") });
+    progress(piece.size);
+  }
+  const done = await api(`/uploads/${up.upload_id}/complete`, { method: "POST", headers: json, body: JSON.stringify({ parts }) });
+  const body = await done.json().catch(() => null);
+  if (!done.ok) throw new Error(`${file.name}: ${reasons(body)[0].msg}`);
+  return body.reference;
 }
 
 // ---- one job ------------------------------------------------------------------------------
