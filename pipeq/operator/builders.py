@@ -21,6 +21,9 @@ IDLE_COST = 0
 #: the worker's own kill grace after the timeout, recording the result, and slack.
 GRACE_MARGIN = 60
 CONTAINER = "worker"
+#: the worker's scratch at /tmp (the root filesystem is read-only); named so as not to clash
+#: with the pool's own volumes
+TMP_VOLUME = "pipeq-tmp"
 #: variables the operator sets on every worker; the pool's env may not override them
 OPERATOR_ENV = ("PIPEQ_QUEUE", "PIPEQ_REDIS_URL", "PIPEQ_PIPELINE_TIMEOUT", "PIPEQ_WORKER_NAME")
 
@@ -108,30 +111,38 @@ def worker_deployment(name: str, spec: Mapping[str, Any], *, replicas: int, defa
         "name": CONTAINER,
         "image": spec["image"],
         "imagePullPolicy": s["imagePullPolicy"],
-        "command": ["pipeq", "worker"],
+        # args, not command: the image's entrypoint (tini, then pipeq) stays PID 1 and reaps
+        # what pipelines leave behind
+        "args": ["worker"],
         "env": worker_env(spec, default_redis_url),
-        # The restricted Pod Security Standard, container part.
+        # The restricted Pod Security Standard, container part, and a read-only root.
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
             "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
+        "volumeMounts": [*copy.deepcopy(spec.get("volumeMounts") or []), {"name": TMP_VOLUME, "mountPath": "/tmp"}],
     }
     if spec.get("resources"):
         container["resources"] = copy.deepcopy(spec["resources"])
-    if spec.get("volumeMounts"):
-        container["volumeMounts"] = copy.deepcopy(spec["volumeMounts"])
     pod: dict[str, Any] = {
         "containers": [container],
         "terminationGracePeriodSeconds": termination_grace(spec),
-        # The restricted Pod Security Standard, pod part.
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        # The restricted Pod Security Standard, pod part; the pool's own (runAsUser, fsGroup
+        # for the data volume, ...) on top.
+        "securityContext": {
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+            **copy.deepcopy(spec.get("securityContext") or {}),
+        },
         # Workers talk to Redis, never to the Kubernetes API.
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        "volumes": [*copy.deepcopy(spec.get("volumes") or []), {"name": TMP_VOLUME, "emptyDir": {}}],
     }
-    for key in ("nodeSelector", "tolerations", "serviceAccountName", "volumes"):
+    for key in ("nodeSelector", "tolerations", "serviceAccountName"):
         if spec.get(key):
             pod[key] = copy.deepcopy(spec[key])
     return {

@@ -18,8 +18,9 @@ more:
   probes, resources, securityContext, init containers and the other containers are
   ignored (the other containers are reported as running, so a pod's Ready means "its first
   container's process runs, and passes its readiness probe"). A container with no
-  ``command`` cannot run here (the image's entrypoint is unknown): the pod fails with
-  reason ``NoCommand``;
+  ``command`` runs the ``entrypoint`` given to the node (default ``pipeq``: the entrypoint of
+  pipeq's images, less the tini in front of it) with its ``args``; with no entrypoint set
+  either, the pod fails with reason ``NoCommand``;
 - networking is the machine's: podIP is 127.0.0.1, two pods listening on one port clash,
   and there is no kube-proxy or cluster DNS (Services and their Endpoints exist as objects,
   but nothing answers at a ClusterIP or a service name: point pods at 127.0.0.1:<port>);
@@ -137,8 +138,9 @@ class ProcessNode:
 
     def __init__(self, kubeconfig: Path | str, workdir: Path | str, name: str = "process-node",
                  path_prefix: list[Path | str] = (), env: dict[str, str] | None = None,
-                 pod_kubeconfig: Path | str | None = None):
+                 pod_kubeconfig: Path | str | None = None, entrypoint: list[str] | None = ["pipeq"]):
         self.kubeconfig = str(kubeconfig)
+        self.entrypoint = list(entrypoint or [])
         self.workdir = Path(workdir).resolve()
         self.name = name
         self.path_prefix = [str(p) for p in path_prefix]
@@ -457,7 +459,8 @@ class ProcessNode:
         spec = pod.get("spec") or {}
         containers = spec.get("containers") or [{}]
         c = containers[0]
-        if not c.get("command"):
+        command = c.get("command") or self.entrypoint
+        if not command:
             pp.done = True
             self._report_terminal(pp, pod, "Failed", None, "NoCommand",
                                   "the process node runs only containers with a command")
@@ -477,7 +480,7 @@ class ProcessNode:
         env["HOSTNAME"] = pp.name
         env["KUBECONFIG"] = self.pod_kubeconfig
         env.update(cenv)
-        argv = [expand(a, cenv) for a in (c.get("command") or []) + (c.get("args") or [])]
+        argv = [expand(a, cenv) for a in command + (c.get("args") or [])]
         cwd = c.get("workingDir")
         if not cwd or not os.path.isdir(cwd):
             cwd = self.workdir / "pods" / pp.namespace / pp.name

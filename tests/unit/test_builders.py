@@ -30,7 +30,7 @@ def test_minimal_spec_gives_a_runnable_deployment():
     assert tpl["metadata"]["labels"]["pipeq.dev/pool"] == "pool-a"
     assert dep["metadata"]["labels"]["pipeq.dev/pool"] == "pool-a"
     c = tpl["spec"]["containers"][0]
-    assert c["command"] == ["pipeq", "worker"]
+    assert "command" not in c and c["args"] == ["worker"], "the image's entrypoint (tini) must stay"
     assert c["image"] == "ghcr.io/x/pipeq-worker:1"
     assert c["imagePullPolicy"] == "IfNotPresent"
     env = env_of(dep)
@@ -54,6 +54,15 @@ def test_restricted_pod_security():
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
+    assert c["readOnlyRootFilesystem"] is True
+    (tmp,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/tmp"]
+    assert {"name": tmp["name"], "emptyDir": {}} in pod["volumes"]
+
+
+def test_pool_security_context_on_top_of_the_restricted_one():
+    pod = deployment({"image": "w", "securityContext": {"runAsUser": 10001, "fsGroup": 10001}})["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"},
+                                      "runAsUser": 10001, "fsGroup": 10001}
 
 
 def test_redis_url_and_secret_ref():
@@ -81,8 +90,8 @@ def test_pod_template_parts_pass_through_and_operator_env_wins():
     c = pod["containers"][0]
     assert c["imagePullPolicy"] == "Always"
     assert c["resources"] == spec["resources"]
-    assert c["volumeMounts"] == spec["volumeMounts"]
-    assert pod["volumes"] == spec["volumes"]
+    assert c["volumeMounts"][:-1] == spec["volumeMounts"]
+    assert pod["volumes"][:-1] == spec["volumes"]
     assert pod["nodeSelector"] == {"disk": "ssd"}
     assert pod["tolerations"] == spec["tolerations"]
     assert pod["serviceAccountName"] == "pipeq-worker"
