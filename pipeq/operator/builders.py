@@ -69,19 +69,24 @@ def pool_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
     return s
 
 
-def redis_url_for_operator(spec: Mapping[str, Any], default_url: str) -> str:
-    """The URL the operator polls: the pool's own URL, else the operator's PIPEQ_REDIS_URL
-    (also for a secretRef: the operator has no access to Secrets, by design of its RBAC)."""
+def redis_secret_ref(spec: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(Secret name, key) of a pool whose Redis URL is in a Secret, else None."""
+    ref = (spec.get("redis") or {}).get("secretRef")
+    return (ref["name"], ref.get("key") or "url") if ref else None
+
+
+def redis_url_for_operator(spec: Mapping[str, Any], default_url: str) -> str | None:
+    """The URL the operator polls: the pool's own URL, else the operator's PIPEQ_REDIS_URL;
+    None for a pool with a secretRef, whose URL the operator reads from that Secret."""
+    if redis_secret_ref(spec):
+        return None
     return (spec.get("redis") or {}).get("url") or default_url
 
 
 def redis_env(spec: Mapping[str, Any], default_url: str) -> dict[str, Any]:
-    redis = spec.get("redis") or {}
-    if redis.get("secretRef"):
-        ref = redis["secretRef"]
-        return {"name": "PIPEQ_REDIS_URL",
-                "valueFrom": {"secretKeyRef": {"name": ref["name"], "key": ref.get("key") or "url"}}}
-    return {"name": "PIPEQ_REDIS_URL", "value": redis.get("url") or default_url}
+    if ref := redis_secret_ref(spec):
+        return {"name": "PIPEQ_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": ref[0], "key": ref[1]}}}
+    return {"name": "PIPEQ_REDIS_URL", "value": (spec.get("redis") or {}).get("url") or default_url}
 
 
 def worker_env(spec: Mapping[str, Any], default_url: str) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import logging
 import os
@@ -32,6 +33,9 @@ FIELD_MANAGER = "pipeq-operator"
 BELIEF_SECONDS = 5.0
 #: how long a pool may miss its Deployment before the scaler re-creates it
 MISSING_DEPLOYMENT_SECONDS = 10.0
+#: how long the Redis URL read from a pool's Secret is used before it is read again (a
+#: rotated Secret is followed within this), and how soon a failed read is tried again
+SECRET_SECONDS, SECRET_RETRY_SECONDS = 30.0, 5.0
 
 log = logging.getLogger("pipeq.operator")
 
@@ -192,6 +196,10 @@ def _now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class SecretUnreadable(Exception):
+    """The pool's redis.secretRef names a Secret the operator cannot read a Redis URL from."""
+
+
 class PoolScaler:
     """The state one pool's daemon carries between polls."""
 
@@ -203,6 +211,9 @@ class PoolScaler:
         self.lower_since: float | None = None
         self.redis_ok: bool | None = None
         self.redis_error = ""
+        self.secret_problem = False  # the error is the pool's Secret, not Redis
+        # the last read of the pool's Secret: ((name, key), URL or "", problem or "", when)
+        self.secret_read: tuple[tuple[str, str], str, str, float] | None = None
         self.belief: tuple[int, float] | None = None  # (replicas we set, monotonic time)
         self.status: dict | None = None
         self.last_scale: tuple[str, str] | None = None  # (time, reason)
@@ -219,6 +230,40 @@ class PoolScaler:
             self.conn, self.conn_url = queue.connect(url, timeout=2.0), url
         return self.conn
 
+    def redis_url(self, spec: dict) -> str:
+        """The URL to poll: the pool's, or the one in the Secret its redis.secretRef names
+        (read again after SECRET_SECONDS). Raises SecretUnreadable: such a pool is never
+        polled with the operator's own URL, which may be another Redis."""
+        ref = builders.redis_secret_ref(spec)
+        if ref is None:
+            return builders.redis_url_for_operator(spec, self.memo.redis_url)
+        now, read = time.monotonic(), self.secret_read
+        if read is None or read[0] != ref or now - read[3] > (SECRET_SECONDS if read[1] else SECRET_RETRY_SECONDS):
+            try:
+                read = (ref, self._read_secret(*ref), "", now)
+            except SecretUnreadable as e:
+                read = (ref, "", str(e), now)
+            self.secret_read = read
+        if read[2]:
+            raise SecretUnreadable(read[2])
+        return read[1]
+
+    def _read_secret(self, name: str, key: str) -> str:
+        where = f"Secret {self.namespace}/{name}"
+        try:
+            secret = self.kube.core.read_namespaced_secret(name, self.namespace)
+        except self.kube.ApiException as e:
+            why = {403: "forbidden (the operator reads only the Secrets its RBAC names: the chart's operator.redisSecrets)",
+                   404: "not found"}.get(e.status, f"{e.status} {e.reason}")
+            raise SecretUnreadable(f"cannot read {where} of redis.secretRef: {why}") from None
+        raw = (secret.data or {}).get(key)
+        if raw is None:
+            raise SecretUnreadable(f"{where} of redis.secretRef has no key {key!r}")
+        url = base64.b64decode(raw).decode(errors="replace").strip()
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise SecretUnreadable(f"key {key!r} of {where} is not a Redis URL")
+        return url
+
     def step(self, body: kopf.Body, deployments, pods) -> scaling.Decision | None:
         t0 = time.perf_counter()
         spec = dict(body.get("spec") or {})
@@ -229,18 +274,19 @@ class PoolScaler:
 
         # 1. Redis: one round trip, and requeue what dead workers left.
         try:
-            conn = self.connection(builders.redis_url_for_operator(spec, self.memo.redis_url))
+            conn = self.connection(self.redis_url(spec))
             stats = queue.queue_stats(conn, s["queue"])
             if stats.expired:
                 queue.reap_abandoned(conn, s["queue"])
             redis_ok = True
-        except (redis.RedisError, OSError) as e:
+        except (redis.RedisError, OSError, SecretUnreadable) as e:
             stats, redis_ok = None, False
             self.redis_error = str(e) or type(e).__name__
+            self.secret_problem = isinstance(e, SecretUnreadable)
             metrics.redis_errors.labels(*key).inc()
         if redis_ok != self.redis_ok:
             if not redis_ok:
-                kopf.warn(body, reason="RedisUnreachable",
+                kopf.warn(body, reason="RedisSecretUnreadable" if self.secret_problem else "RedisUnreachable",
                           message=f"holding replicas: {self.redis_error}")
                 self.logger.warning("Redis unreachable, holding replicas: %s", self.redis_error)
             elif self.redis_ok is False:
@@ -348,7 +394,7 @@ class PoolScaler:
             ready_cond = builders.condition("Ready", False, "WorkersStarting", f"{ready_n}/{desired} workers ready", now, prev)
         redis_cond = (builders.condition("RedisReachable", True, "Polled", "the queue answers", now, prev)
                       if self.redis_ok else
-                      builders.condition("RedisReachable", False, "Unreachable",
+                      builders.condition("RedisReachable", False, "SecretUnreadable" if self.secret_problem else "Unreachable",
                                          f"holding replicas: {self.redis_error}"[:500], now, prev))
         status: dict[str, Any] = {
             "queued": stats.queued if stats else 0,

@@ -18,13 +18,13 @@ CHART = Path(__file__).parent / "testchart"
 COST = "controller.kubernetes.io/pod-deletion-cost"
 
 
-def sleep_deployment(name: str, replicas: int) -> dict:
+def sleep_deployment(name: str, replicas: int, **template_labels: str) -> dict:
     labels = {"app": name}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
         "spec": {
             "replicas": replicas, "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {
+            "template": {"metadata": {"labels": {**labels, **template_labels}}, "spec": {
                 "terminationGracePeriodSeconds": 3,
                 "containers": [{"name": "sleep", "image": "busybox", "command": ["sleep"], "args": ["3600"]}],
             }},
@@ -61,7 +61,8 @@ def gone(pid: int) -> bool:
 
 def test_deployment_scales_0_3_1_and_processes_follow(cluster, namespace):
     cluster.apply(sleep_deployment("sleepy", 0), namespace=namespace)
-    time.sleep(0.5)
+    wait_for(lambda: (d := cluster.get_json("deployment", "sleepy", "-n", namespace)).get("status", {}).get("observedGeneration")
+             == d["metadata"]["generation"], timeout=30, what="the Deployment controller to see the Deployment")
     assert live_pods(cluster, namespace, "sleepy") == []
     assert node_procs(cluster, namespace) == {}
 
@@ -94,14 +95,19 @@ def test_deployment_scales_0_3_1_and_processes_follow(cluster, namespace):
 
 
 def test_scale_down_deletes_lowest_pod_deletion_cost_first(cluster, namespace):
-    cluster.apply(sleep_deployment("costly", 3), namespace=namespace)
+    cluster.apply(sleep_deployment("costly", 3, marked="yes"), namespace=namespace)
     pods = wait_for(lambda: (lambda ps: ps if len(ps) == 3 and all(map(ready, ps)) else None)(
         live_pods(cluster, namespace, "costly")), timeout=30, what="3 ready pods")
     names = sorted(p["metadata"]["name"] for p in pods)
     costs = {names[0]: "100", names[1]: "-5", names[2]: "7"}  # not in name order on purpose
     for name, cost in costs.items():
         cluster.kubectl("annotate", "pod", name, f"{COST}={cost}", "-n", namespace)
-    time.sleep(1.0)  # let the ReplicaSet controller's informer see the annotations
+    # The ReplicaSet controller must have seen the annotations before the scale-down. Its pod
+    # informer takes pod changes in order: once it counts a change made after them (a pod
+    # that lost a template label is no longer "fully labeled"), it has them too.
+    cluster.kubectl("label", "pod", names[1], "marked-", "-n", namespace)
+    wait_for(lambda: cluster.get_json("replicasets", "-n", namespace, "-l", "app=costly")["items"][0]
+             ["status"].get("fullyLabeledReplicas") == 2, timeout=30, what="the ReplicaSet controller to see the pods' changes")
 
     def remaining() -> set[str]:
         return {p["metadata"]["name"] for p in live_pods(cluster, namespace, "costly")}

@@ -310,21 +310,62 @@ def test_redis_outage_holds_replicas_and_says_so(cluster, pools, tmp_path):
         server.stop()
 
 
+def test_a_pool_with_a_secret_ref_scales_by_the_redis_in_its_secret(cluster, pools, tmp_path):
+    """The workers of a secretRef pool use the Redis in the Secret; the operator must poll
+    that one, not its own PIPEQ_REDIS_URL (here the session's server, where this queue is
+    empty)."""
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        conn = queue.connect(server.url)
+        cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pool-redis"},
+                       "stringData": {"address": server.url}}, namespace=pools.ns)
+        pools.create(redis={"secretRef": {"name": "pool-redis", "key": "address"}})
+        wait_for(lambda: pools.replicas() == 0, timeout=30, what="the worker Deployment")
+        jobs = pools.enqueue(2, n=2, conn=conn)
+        wait_for(lambda: pools.replicas() == 2, timeout=10, what="2 replicas for the 2 jobs in the Secret's Redis")
+        assert pools.condition("RedisReachable") == "True"
+        wait_for(lambda: all(pools.status(j, conn=conn) == "finished" for j in jobs), timeout=60, what="both jobs finished")
+        conn.close()
+    finally:
+        server.stop()
+
+
+def test_a_pool_whose_secret_cannot_be_read_is_held_and_says_why(cluster, pools):
+    pools.create(redis={"secretRef": {"name": "no-such-secret"}})
+    wait_for(lambda: pools.replicas() == 0, timeout=30, what="the worker Deployment")
+    pools.enqueue(30, n=2)  # on the operator's own Redis: it must not scale by that one
+
+    def unreadable():
+        c = next((c for c in (pools.pool().get("status") or {}).get("conditions") or [] if c["type"] == "RedisReachable"), None)
+        return c if c and c["status"] == "False" and c["reason"] == "SecretUnreadable" else None
+    cond = wait_for(unreadable, timeout=15, what="RedisReachable=False, SecretUnreadable")
+    assert f"Secret {pools.ns}/no-such-secret" in cond["message"] and "not found" in cond["message"], cond
+    events = [e for e in pools.events() if e["reason"] == "RedisSecretUnreadable"]
+    assert events and events[0]["type"] == "Warning" and "no-such-secret" in events[0]["message"], events
+    # the status was written by the poll that held: a scale would have come first
+    assert pools.replicas() == 0 and pools.pool()["status"]["desired"] == 0
+    # once the Secret exists, the pool scales by the Redis it names
+    cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "no-such-secret"},
+                   "stringData": {"url": pools.redis_url}}, namespace=pools.ns)
+    wait_for(lambda: pools.replicas() == 2, timeout=20, what="2 replicas once the Secret is readable")
+    assert pools.condition("RedisReachable") == "True"
+
+
 def test_operator_restart_resumes_pools_without_a_replica_reset(cluster, pools, operator):
     pools.create(minReplicas=0, scaling={"pollIntervalSeconds": 0.2, "scaleDownDelaySeconds": 30})
     wait_for(lambda: pools.replicas() == 0, timeout=30, what="the worker Deployment")
+    jobs = pools.enqueue(20, n=2)
+    wait_for(lambda: pools.replicas() == 2, timeout=10, what="2 replicas")
+    generation = cluster.get_json("deployment", "pool-workers", "-n", pools.ns)["metadata"]["generation"]
     operator.stop()
     try:
-        jobs = pools.enqueue(4, n=2)  # while no operator runs
-        time.sleep(0.5)
-        assert pools.replicas() == 0
+        jobs += pools.enqueue(20, n=1)  # while no operator runs: the next one must see it
     finally:
         operator.start()
     wait_for(operator.alive, timeout=30, what="the operator back")
-    wait_for(lambda: pools.replicas() == 2, timeout=15, what="2 replicas after the restart")
-    # the resume handler re-applies the Deployment: it must not undo the scale
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        assert pools.replicas() == 2
-        time.sleep(0.2)
-    wait_for(lambda: all(pools.status(j) == "finished" for j in jobs), timeout=60, what="both jobs finished")
+    wait_for(lambda: pools.replicas() == 3, timeout=15, what="3 replicas after the restart")
+    # the resume handler re-applies the Deployment: had it reset the replicas on the way
+    # (to minReplicas, say), the Deployment's spec would have changed more than once
+    dep = cluster.get_json("deployment", "pool-workers", "-n", pools.ns)
+    assert dep["metadata"]["generation"] == generation + 1, "the replicas changed on the way to 3"
+    wait_for(lambda: all(pools.status(j) == "finished" for j in jobs), timeout=90, what="the jobs finished")

@@ -1,6 +1,7 @@
 """Nobody let in, on Kubernetes: the chart installed into a namespace that enforces the
 `restricted` Pod Security Standard; `kubectl auth can-i` as each ServiceAccount shows the
-operator can do what it needs and no more (no Secrets, nothing in other namespaces), and the
+operator can do what it needs and no more (no Secret but the one it is given by name,
+nothing in other namespaces), and the
 API and worker accounts have no Kubernetes rights at all (only the self-reviews every
 authenticated account has). tests/cluster/test_chart.py checks the same install from the
 chart's side; this test lists every right with `can-i --list`."""
@@ -38,7 +39,8 @@ def test_service_accounts_have_only_the_rights_they_need(cluster, namespace):
                     "pod-security.kubernetes.io/enforce-version=latest", "--overwrite")
     release = f"rbac-{uuid.uuid4().hex[:6]}"
     sets = ["redis.enabled=false", "redis.external.url=redis://127.0.0.1:1/0", "workerPool.minReplicas=0",
-            "api.replicas=0", f"operator.livenessPort={free_port()}", f"operator.metricsPort={free_port()}"]
+            "api.replicas=0", f"operator.livenessPort={free_port()}", f"operator.metricsPort={free_port()}",
+            "operator.redisSecrets={pool-redis}"]
     cluster.helm("install", release, str(chart.CHART), "-n", namespace, *[a for s in sets for a in ("--set", s)])
     try:
         sa = f"system:serviceaccount:{namespace}:{release}-pipeq"
@@ -58,7 +60,11 @@ def test_service_accounts_have_only_the_rights_they_need(cluster, namespace):
                           ("patch", "workerpools.pipeq.dev/status"), ("create", "deployments.apps"),
                           ("patch", "deployments.apps"), ("list", "pods"), ("patch", "pods"), ("create", "events")):
             assert can("operator", verb, res), f"the operator cannot {verb} {res}"
-        # ... and no more: no Secrets anywhere, nothing in another namespace, no pods of its own
+        # ... the one Secret it is given, for a pool's redis.secretRef, by name ...
+        assert can("operator", "get", "secrets/pool-redis")
+        assert not can("operator", "get", "secrets/pool-redis", ns="default")
+        assert not can("operator", "get", "secrets/other") and not can("operator", "patch", "secrets/pool-redis")
+        # ... and no more: no other Secrets, nothing in another namespace, no pods of its own
         for verb in ("get", "list", "watch"):
             assert not can("operator", verb, "secrets")
             assert not can("operator", verb, "secrets", ns="default")
@@ -78,7 +84,7 @@ def test_service_accounts_have_only_the_rights_they_need(cluster, namespace):
         events = cluster.kubectl("get", "events", "-n", namespace, "-o", "jsonpath={.items[*].reason}").stdout
         assert "FailedCreate" not in events, cluster.kubectl("get", "events", "-n", namespace).stdout
         print(f"\nrbac: api/worker have no rights ({len(SELF_REVIEWS)} self-reviews only); operator has "
-              f"{len(operator_rules)} resource rules, no Secrets, nothing outside {namespace}; restricted PSS enforced")
+              f"{len(operator_rules)} resource rules, one Secret by name, nothing outside {namespace}; restricted PSS enforced")
     finally:
         cluster.kubectl("scale", "deployment", f"{release}-pipeq-operator", "-n", namespace, "--replicas=0", check=False)
         cluster.helm("uninstall", release, "-n", namespace, "--wait", check=False)

@@ -70,8 +70,11 @@ def test_redis_url_and_secret_ref():
     e = env_of(deployment({"image": "w", "redis": {"secretRef": {"name": "s"}}}))["PIPEQ_REDIS_URL"]
     assert e == {"name": "PIPEQ_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": "s", "key": "url"}}}
     assert builders.redis_url_for_operator({"redis": {"url": "redis://r:1/2"}}, DEFAULT_URL) == "redis://r:1/2"
-    # the operator reads no Secrets: with a secretRef it polls with its own URL
-    assert builders.redis_url_for_operator({"redis": {"secretRef": {"name": "s"}}}, DEFAULT_URL) == DEFAULT_URL
+    assert builders.redis_url_for_operator({}, DEFAULT_URL) == DEFAULT_URL
+    # with a secretRef, the URL is the Secret's (the scaler reads it), never the operator's own
+    assert builders.redis_url_for_operator({"redis": {"secretRef": {"name": "s"}}}, DEFAULT_URL) is None
+    assert builders.redis_secret_ref({"redis": {"secretRef": {"name": "s"}}}) == ("s", "url")
+    assert builders.redis_secret_ref({"redis": {"secretRef": {"name": "s", "key": "k"}}}) == ("s", "k")
 
 
 def test_pod_template_parts_pass_through_and_operator_env_wins():
