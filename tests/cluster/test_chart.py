@@ -17,6 +17,7 @@ pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "helm" / "pipeq" / "crds" / "workerpools.yaml"
 EXTERNAL = ["redis.enabled=false", "redis.external.url=redis://127.0.0.1:1/0"]
+S3 = ["storage.type=s3", "storage.s3.bucket=lab-jobs", "storage.s3.endpoint=http://minio.storage:9000", "storage.s3.existingSecret=pipeq-s3"]
 
 
 def restricted_namespace(cluster, name):
@@ -24,7 +25,7 @@ def restricted_namespace(cluster, name):
                     "pod-security.kubernetes.io/enforce-version=latest", "--overwrite")
 
 
-@pytest.mark.parametrize("sets", [[], ["operator.scope=cluster"], EXTERNAL + ["api.auth.enabled=true", "networkPolicy.enabled=true"]], ids=["default", "cluster-scope", "external-redis-auth"])
+@pytest.mark.parametrize("sets", [[], ["operator.scope=cluster"], EXTERNAL + ["api.auth.enabled=true", "networkPolicy.enabled=true"], S3], ids=["default", "cluster-scope", "external-redis-auth", "s3"])
 def test_lint_is_clean(sets):
     args = [chart.helm_bin(), "lint", "--strict", str(chart.CHART)] + [a for s in sets for a in ("--set", s)]
     r = subprocess.run(args, capture_output=True, text=True)
@@ -36,12 +37,32 @@ def test_values_schema_refuses_nonsense():
     assert r.returncode != 0 and "maxReplicas" in r.stdout + r.stderr and "scope" in r.stdout + r.stderr
 
 
-def test_rendered_chart_passes_server_side_dry_run(cluster, namespace):
+def test_s3_storage_has_no_data_volume_and_scratch_in_an_emptydir():
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(chart.render(*S3, "storage.scratch.sizeLimit=20Gi", 'storage.s3.serviceAccountAnnotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::1:role/p')) if d]
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim" and "data" in d["metadata"]["name"]]
+    pool = next(d for d in docs if d["kind"] == "WorkerPool")
+    assert pool["spec"]["volumes"] == [{"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}}]
+    env = {e["name"]: e for e in pool["spec"]["env"]}
+    assert env["PIPEQ_STORAGE"]["value"] == "s3://lab-jobs/pipeq" and env["PIPEQ_SCRATCH_DIR"]["value"] == "/scratch"
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio.storage:9000"
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "pipeq-s3", "key": "AWS_SECRET_ACCESS_KEY"}
+    api = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-api"))
+    assert [v["name"] for v in api["spec"]["template"]["spec"]["volumes"]] == ["tmp"]
+    accounts = [d for d in docs if d["kind"] == "ServiceAccount" and d["metadata"]["name"].endswith(("-api", "-worker"))]
+    assert len(accounts) == 2 and all(a["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/p"} for a in accounts)
+    r = subprocess.run([chart.helm_bin(), "lint", str(chart.CHART), "--set", "storage.type=s3"], capture_output=True, text=True)
+    assert r.returncode != 0 and "bucket" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("sets", [[], S3], ids=["volume", "s3"])
+def test_rendered_chart_passes_server_side_dry_run(cluster, namespace, sets):
     if not CRD.exists():
         pytest.skip("the WorkerPool CRD (helm/pipeq/crds/workerpools.yaml) has not landed yet")
     cluster.kubectl("apply", "--server-side", "-f", str(CRD))
     restricted_namespace(cluster, namespace)
-    rendered = chart.render(namespace=namespace, release=f"dry-{namespace}")
+    rendered = chart.render(*sets, namespace=namespace, release=f"dry-{namespace}")
     out = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=rendered)
     assert "created (server dry run)" in out.stdout
 

@@ -36,6 +36,41 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end -}}
 
+{{/* Where job files live, as EnvVars of the API and the workers (storage.*). */}}
+{{- define "pipeq.storageEnv" -}}
+{{- $s := .Values.storage -}}
+{{- if eq $s.type "s3" }}
+{{- if not $s.s3.bucket }}{{ fail "storage.s3.bucket is required with storage.type=s3" }}{{ end }}
+- {name: PIPEQ_STORAGE, value: {{ printf "s3://%s/%s" $s.s3.bucket $s.s3.prefix | trimSuffix "/" | quote }}}
+- {name: AWS_REGION, value: {{ $s.s3.region | quote }}}
+{{- with $s.s3.endpoint }}
+- {name: AWS_ENDPOINT_URL, value: {{ . | quote }}}
+{{- end }}
+{{- with $s.s3.publicEndpoint }}
+- {name: PIPEQ_S3_PUBLIC_ENDPOINT, value: {{ . | quote }}}
+{{- end }}
+{{- with $s.s3.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom: {secretKeyRef: {name: {{ . }}, key: AWS_ACCESS_KEY_ID}}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom: {secretKeyRef: {name: {{ . }}, key: AWS_SECRET_ACCESS_KEY}}
+{{- end }}
+- {name: PIPEQ_PRESIGNED_UPLOAD_BYTES, value: {{ $s.presignedUploadBytes | int64 | quote }}}
+{{- else }}
+- {name: PIPEQ_DATA_DIR, value: {{ .Values.data.mountPath | quote }}}
+{{- end }}
+{{- with $s.referenceHosts }}
+- {name: PIPEQ_REFERENCE_HOSTS, value: {{ . | quote }}}
+{{- end }}
+{{- end -}}
+
+{{/* The ServiceAccount annotations of storage.s3 (IRSA / workload identity), if any. */}}
+{{- define "pipeq.storageAnnotations" -}}
+{{- if and (eq .Values.storage.type "s3") .Values.storage.s3.serviceAccountAnnotations }}
+annotations: {{- toYaml .Values.storage.s3.serviceAccountAnnotations | nindent 2 }}
+{{- end }}
+{{- end -}}
+
 {{- define "pipeq.dataClaim" -}}
 {{- .Values.data.existingClaim | default (printf "%s-data" (include "pipeq.fullname" .)) -}}
 {{- end -}}
