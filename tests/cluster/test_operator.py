@@ -259,9 +259,10 @@ def test_paused_pool_is_left_alone_and_spec_changes_apply_live(cluster, pools):
     pools.create(paused=True, minReplicas=0)
     wait_for(lambda: pools.replicas() == 0, timeout=30, what="the worker Deployment")
     job = pools.enqueue(1)[0]
-    time.sleep(1.5)  # a paused pool polls but never scales
+    # a paused pool polls but never scales: the poll that saw the job wrote the status after
+    # its (non-)scale
+    wait_for(lambda: (pools.pool().get("status") or {}).get("queued") == 1, timeout=10, what="a poll that saw the job")
     assert pools.replicas() == 0
-    assert pools.pool()["status"]["queued"] == 1
     cluster.kubectl("patch", "workerpool", "pool", "-n", pools.ns, "--type=merge", "-p", '{"spec": {"paused": false}}')
     wait_for(lambda: pools.replicas() == 1, timeout=5, what="scale-up once unpaused")
     wait_for(lambda: pools.status(job) == "finished", timeout=60, what="the job finished")
