@@ -290,7 +290,15 @@ def test_deleting_a_pool_garbage_collects_its_deployment(cluster, pools):
     wait_for(lambda: not pools.pods(), timeout=30, what="the worker pods gone")
 
 
-def test_redis_outage_holds_replicas_and_says_so(cluster, pools, tmp_path):
+def _metric(operator, name: str, namespace: str, pool: str = "pool") -> float:
+    """The value of one of the operator's per-pool metrics (0 while it has none)."""
+    for line in operator.get(operator.metrics, "/metrics").splitlines():
+        if line.startswith(name + "{") and f'namespace="{namespace}"' in line and f'pool="{pool}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_redis_outage_holds_replicas_and_says_so(cluster, pools, operator, tmp_path):
     server = RedisServer(tmp_path / "redis").start()
     try:
         conn = queue.connect(server.url)
@@ -300,7 +308,10 @@ def test_redis_outage_holds_replicas_and_says_so(cluster, pools, tmp_path):
         wait_for(lambda: pools.replicas() == 2, timeout=10, what="2 replicas")
         server.stop()
         wait_for(lambda: pools.condition("RedisReachable") == "False", timeout=10, what="RedisReachable=False")
-        time.sleep(2)  # with no delay, a blind scaler would have scaled to 0 by now
+        # ten polls that could not reach Redis: with no scale-down delay, a blind scaler
+        # would have scaled to 0 at the first
+        wait_for(lambda: _metric(operator, "pipeq_pool_redis_errors_total", pools.ns) >= 10, timeout=20,
+                 what="ten polls while Redis is down")
         assert pools.replicas() == 2
         assert any(e["type"] == "Warning" and e["reason"] == "RedisUnreachable" for e in pools.events())
         server.start()
