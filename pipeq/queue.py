@@ -174,13 +174,14 @@ def queue_stats(conn: redis.Redis, queue_name: str) -> QueueStats:
     )
 
 
-def cancel_queued(conn: redis.Redis, job: Job) -> bool:
+def cancel_queued(conn: redis.Redis, job: Job, tries: int = 20) -> bool:
     """Cancel ``job`` (RQ's cancel) if it still waits in its queue, in one transaction with
     that check: True when canceled, False when it is not in the queue (a worker has taken it,
-    perhaps since the caller read it as queued: stop it instead)."""
+    perhaps since the caller read it as queued: stop it instead; also after ``tries``
+    transactions that lost to a change of the queue, then the stop ends it when it is taken)."""
     q = get_queue(conn, job.origin)
     with conn.pipeline() as p:
-        while True:
+        for _ in range(tries):
             try:
                 # a dequeue changes the queue (and the job, when the worker marks it started)
                 p.watch(q.key, job.key)
@@ -192,6 +193,7 @@ def cancel_queued(conn: redis.Redis, job: Job) -> bool:
                 return True
             except redis.WatchError:
                 continue
+    return False
 
 
 def request_stop(conn: redis.Redis, job_id: str, ttl: int) -> None:
