@@ -20,7 +20,8 @@ command -v go >/dev/null || PATH="$PATH:/usr/local/go/bin"
 command -v go >/dev/null || { echo "tools/gobuild.sh: no go on PATH (Go >= 1.26 is needed)" >&2; exit 1; }
 # Bump when the recipe changes in a way go.mod/go.sum don't show.
 BUILD_REV=1
-hash=$( { echo "$BUILD_REV"; go mod edit -json; cat go.sum; } | sha256sum | cut -c1-10)
+# a module without dependencies (tools/pause) has no go.sum
+hash=$( { echo "$BUILD_REV"; go mod edit -json; cat go.sum 2>/dev/null || true; } | sha256sum | cut -c1-10)
 cache=${PIPEQ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pipeq}
 dir="$cache/tool-$name-$hash"
 bin="$dir/bin"
