@@ -114,7 +114,7 @@ for ref in $("$node_bin/kubeadm" config images list --kubernetes-version "$k8s" 
     pause) scratch_image "$ref" "$pause_bin/pause" /usr/local/bin/pause; pause_image=$ref ;;
     kube-proxy)
       mkdir -p "$work/kube-proxy"
-      cp "$node_bin/kube-proxy" tools/kind-node/kube-proxy.Dockerfile "$work/kube-proxy/"
+      cp "$node_bin/kube-proxy" tools/kind-node/{kube-proxy.Dockerfile,iptables-wrapper} "$work/kube-proxy/"
       docker build -q -f "$work/kube-proxy/kube-proxy.Dockerfile" -t "$ref" "$work/kube-proxy" >/dev/null
       made+=("$ref") ;;
     *) log "kubeadm lists $ref, which this script does not know how to make"; exit 1 ;;
