@@ -190,13 +190,17 @@ EOF
 create() {
   local start image assembled helper=debian:bookworm-slim
   start=$(date +%s)
+  # a failed create deletes what it made: never a cluster that was there before
+  if "$kind" get clusters 2>/dev/null | grep -qxF "$name"; then
+    log "a kind cluster named $name exists already (scripts/kind-cluster.sh delete $name)"; exit 1
+  fi
   image=$("$root/scripts/kind-node-image.sh")
   assembled=$(docker image inspect -f '{{index .Config.Labels "dev.pipeq.kind-node.assembled"}}' "$image")
   mkdir -p "$(dirname "$kubeconfig")"
   log "creating $name on $image ($workers workers)"
   if ! config "$assembled" | "$kind" create cluster --name "$name" --image "$image" \
       --kubeconfig "$kubeconfig" --config - >&2; then
-    log "kind create failed"; "$kind" delete cluster --name "$name" >/dev/null 2>&1 || true; exit 1
+    log "kind create failed"; delete >/dev/null 2>&1 || true; exit 1
   fi
   trap 'log "cluster $name failed its checks: deleting it"; delete' ERR
   if [ -n "$assembled" ]; then
