@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import redis
 from pydantic import BaseModel, Field
+from rq import Queue
 from rq.job import Job
 from rq.results import Result
 
@@ -135,7 +136,7 @@ for i = 1, #h, 2 do
 end
 local extra = false
 if status == 'queued' and origin then
-  local q = 'rq:queue:' .. origin
+  local q = ARGV[3] .. origin
   extra = redis.call('LPOS', q, ARGV[1], 'MAXLEN', ARGV[2])
   if not extra then extra = redis.call('LPOS', q, ARGV[1], 'RANK', -1, 'MAXLEN', ARGV[2]) end
 elseif status == 'finished' then
@@ -149,7 +150,8 @@ def fetch_for_status(conn: redis.Redis, job_id: str) -> tuple[Job, int | None] |
     """The job (its latest result loaded when finished) and its queue position, in one
     round trip; None when there is no such job. The position is None unless the job is
     queued within POSITION_SCAN places of either end of its queue."""
-    got = conn.eval(_STATUS, 2, f"rq:job:{job_id}", Result.get_key(job_id), job_id, POSITION_SCAN)
+    got = conn.eval(_STATUS, 2, Job.key_for(job_id), Result.get_key(job_id), job_id, POSITION_SCAN,
+                    Queue.redis_queue_namespace_prefix)
     if not got:
         return None
     raw, extra = got

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import redis
-from rq import Queue, Retry
+from rq import Queue, Retry, Worker, worker_registration
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
@@ -155,11 +155,16 @@ end
 return {queued, #live, expired, busy}
 """
 
-WORKER_PREFIX = "rq:worker:"
+WORKER_PREFIX = Worker.redis_worker_namespace_prefix
 
 
 def _keys(queue_name: str) -> list[str]:
-    return [f"rq:queue:{queue_name}", f"rq:wip:{queue_name}", f"rq:workers:{queue_name}"]
+    """The queue's list, its started registry (the leases) and its set of workers."""
+    return [
+        Queue.redis_queue_namespace_prefix + queue_name,
+        StartedJobRegistry.key_template.format(queue_name),
+        worker_registration.WORKERS_BY_QUEUE_KEY % queue_name,
+    ]
 
 
 def queue_stats(conn: redis.Redis, queue_name: str) -> QueueStats:

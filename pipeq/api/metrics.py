@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
 from pipeq import metrics_store
+from pipeq.queue import get_queue
 
 REGISTRY = CollectorRegistry()
 SUBMISSIONS = Counter("pipeq_submissions", "Pipeline runs submitted, by outcome.", ["outcome"], registry=REGISTRY)
@@ -20,11 +21,14 @@ class QueueCollector:
 
     def collect(self):
         q = self.queue
+        rq_queue = get_queue(self.conn, q)
+        registries = (rq_queue.started_job_registry, rq_queue.finished_job_registry,
+                      rq_queue.failed_job_registry, rq_queue.canceled_job_registry)
         try:
             with self.conn.pipeline(transaction=False) as p:
-                p.llen(f"rq:queue:{q}")
-                for reg in ("wip", "finished", "failed", "canceled"):
-                    p.zcard(f"rq:{reg}:{q}")
+                p.llen(rq_queue.key)
+                for registry in registries:
+                    p.zcard(registry.key)
                 queued, started, finished, failed, canceled = p.execute()
             durations = metrics_store.read_durations(self.conn)
         except redis.RedisError:

@@ -3,12 +3,14 @@
 Why a SimpleWorker: the pipeline is already a separate process group (see ``task.py``), so
 a forked work horse would only add latency. What pipeq adds to RQ:
 
-- a lease: while a job runs, a thread renews the job's entry in the started registry every
-  ``lease_seconds / 3`` with a TTL of ``lease_seconds``. If the worker dies, the entry expires
-  within ``lease_seconds`` and the next clean-up (workers every ``maintenance_interval``, the
-  operator and ``pipeq dev`` on every poll) requeues the job. If the thread finds the entry
-  gone, another worker has taken the job over: this worker kills its pipeline and exits at
-  once without publishing anything (fencing).
+- a lease (``lease.py``): while a job runs, a thread renews the attempt's entry in the started
+  registry every ``lease_seconds / 3``. If the worker dies, the entry runs out within
+  ``lease_seconds`` and the next clean-up (workers every ``maintenance_interval``, the
+  operator and ``pipeq dev`` on every poll) requeues the job. The results are published only
+  by the attempt that holds the lease, in one step with the check; an attempt whose lease is
+  lost stops its pipeline and leaves the job alone (no failure recorded, no retry spent).
+- Redis errors that may be transient are retried within the lease, in RQ's bookkeeping of
+  the job's end too: a reset connection does not turn a finished job into a failed one.
 - a busy mark (``pipeq_job`` in the worker's hash) that scaling reads to spare busy workers.
 - stop requests (``DELETE /jobs/{id}``) end the pipeline's process group.
 - SIGTERM is a warm shutdown: the current job finishes, then the worker exits.
@@ -23,6 +25,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 from rq import Queue, SimpleWorker
@@ -33,27 +36,21 @@ from pipeq.queue import BUSY_FIELD, cleaning, connect, reap_abandoned
 from pipeq.settings import Settings, get_settings
 from pipeq.store import Unavailable
 from pipeq.worker import task
+from pipeq.worker.lease import TRANSIENT, Lease, LeasedJob, LeaseLost, lease_client
 
 log = logging.getLogger("pipeq.worker")
-
-# Renew the lease only if it is still ours and has not run out (an expired lease may be
-# taken over by a clean-up at any moment); answer 0 otherwise.
-_RENEW = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) > tonumber(ARGV[4]) then
-  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
-  return 1
-end
-return 0
-"""
-
 
 PRUNE_INTERVAL = 600.0
 
 
 class PipeqWorker(SimpleWorker):
     lease_seconds = 15
+    job_class = LeasedJob
+    # RQ backs off up to 60 s between reconnection attempts of an idle worker: a short
+    # Redis blip would stall dispatch for a minute. Try again every 2 s at most.
+    max_connection_wait_time = 2.0
+    _running: LeasedJob | None = None
+    _leases: redis.Redis | None = None
     # the first prune waits one interval: a fresh worker (scale-up) takes jobs at once
     # instead of scanning every job folder first
     _last_pruned = 0.0
@@ -64,61 +61,123 @@ class PipeqWorker(SimpleWorker):
         # waits; a short wait keeps the clean-up that requeues lost jobs on time.
         return max(1, int(self.maintenance_interval))
 
+    @property
+    def connection_timeout(self) -> int:
+        # RQ sets the socket timeout to the longest BLPOP plus 10 s; a reply that never
+        # comes (a cut link) then stalls an idle worker that long. 2 s past the BLPOP will do.
+        return self.dequeue_timeout + 2
+
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.lease_seconds
 
-    def execute_job(self, job: Job, queue: Queue):
-        execution = self.prepare_execution(job)
-        member = execution.composite_key
-        registry_key = job.started_job_registry.key
-        renew = self.connection.register_script(_RENEW)
-        lost = threading.Event()
-        done = threading.Event()
-
-        def held() -> bool:
-            try:
-                score = self.connection.zscore(registry_key, member)
-            except redis.RedisError:
-                return False
-            return score is not None and score > time.time()
-
-        def keep_lease():
-            while not done.wait(self.lease_seconds / 3):
-                try:
-                    with self.connection.pipeline() as p:
-                        renew(keys=[registry_key, execution.key], args=[member, time.time() + self.lease_seconds, self.lease_seconds * 2, time.time()], client=p)
-                        p.expire(self.key, self.lease_seconds * 4)
-                        ok = p.execute()[0]
-                except redis.RedisError as e:
-                    log.warning("lease of job %s not renewed: %s", job.id, e)
-                    continue
-                if not ok and not done.is_set():
-                    log.error("lease of job %s was taken over; killing its pipeline and exiting", job.id)
-                    lost.set()
-                    task.control.stop.set()
-                    os._exit(75)
-                # Busy workers requeue lost jobs too: idle ones only clean up between waits,
-                # and when every worker is busy there is no idle one.
-                try:
-                    reap_abandoned(self.connection, queue.name)
-                except redis.RedisError:
-                    pass
-
-        task.control.lease_held = held
-        self.connection.hset(self.key, BUSY_FIELD, job.id)
-        keeper = threading.Thread(target=keep_lease, name="lease", daemon=True)
-        keeper.start()
+    def execute_job(self, job: LeasedJob, queue: Queue):
+        started_at = time.time()
+        # the stop request of this attempt only: a stop that comes at any moment stays
+        job.stop, self._running = threading.Event(), job
+        execution = self._prepare(job)
+        job.lease = Lease(
+            self._lease_client(), job, execution.key, execution.composite_key,
+            seconds=self.lease_seconds, published_ttl=_positive(job.get_result_ttl(self.default_result_ttl)),
+            started_at=started_at,
+            # Busy workers requeue lost jobs too: idle ones only clean up between waits,
+            # and when every worker is busy there is no idle one.
+            keep=lambda: reap_abandoned(self.connection, queue.name),
+        )
+        job.lease.acquire()
         try:
+            with contextlib.suppress(redis.RedisError):  # the busy mark only spares the worker
+                self.connection.hset(self.key, BUSY_FIELD, job.id)
             self.perform_job(job, queue, execution)
         finally:
-            done.set()
-            keeper.join(timeout=1)
-            task.control.lease_held = lambda: True
-            try:
+            job.lease.release()
+            with contextlib.suppress(redis.RedisError):
                 self.connection.hdel(self.key, BUSY_FIELD)
-            except redis.RedisError:
-                pass
-        self.set_state("idle")
+            self._running = None
+        with contextlib.suppress(redis.RedisError):
+            self.set_state("idle")
+
+    def handle_job_success(self, job: LeasedJob, queue: Queue, started_job_registry, execution):
+        """RQ's bookkeeping of a finished job, retried within the lease until Redis has it:
+        a reset connection must not turn a published result into a failure to retry."""
+        self._settle(job, execution, lambda: super(PipeqWorker, self).handle_job_success(job, queue, started_job_registry, execution))
+
+    def handle_job_failure(self, job: LeasedJob, queue: Queue, started_job_registry=None, exc_string="", execution=None):
+        """RQ's bookkeeping of a failed attempt, retried within the lease until Redis has it;
+        none at all for an attempt whose lease was lost: the job is another attempt's now."""
+        if job.lease is not None and job.lease.lost.is_set():
+            self._forget(job, execution)
+            return
+        self._settle(job, execution, lambda: super(PipeqWorker, self).handle_job_failure(job, queue, started_job_registry, exc_string, execution))
+
+    def _settle(self, job: LeasedJob, execution, record: Callable[[], None]) -> None:
+        # RQ removes the attempt's entry from the started registry in the same transaction
+        # as the rest: while it is there, the end of the job is not recorded yet.
+        lease = job.lease
+        if lease is None:
+            record()
+            return
+        while True:
+            with contextlib.suppress(*TRANSIENT):
+                record()
+            try:
+                if lease.retrying(self.connection.zscore, lease.registry_key, lease.member) is None:
+                    lease.release()
+                    return
+            except LeaseLost:
+                log.error("job %s: its end could not be recorded before the lease ran out; "
+                          "the next attempt takes it over (and reuses published results)", job.id)
+                return
+
+    def _forget(self, job: LeasedJob, execution) -> None:
+        """Drop this worker's record of an attempt whose lease was lost, and nothing else."""
+        log.warning("job %s: attempt ended without a trace in the job: its lease was lost", job.id)
+        with contextlib.suppress(redis.RedisError), self.connection.pipeline() as p:
+            self.cleanup_execution(job, pipeline=p, execution=execution)
+            p.execute()
+
+    def _prepare(self, job: LeasedJob):
+        """RQ's record of the attempt (its lease entry among it), retrying transient errors
+        for up to a lease. A try whose reply was lost may have made an entry: it is removed
+        before the next try, or it would expire and have the job requeued while it runs."""
+        deadline = time.monotonic() + self.lease_seconds
+        while True:
+            try:
+                return self.prepare_execution(job)
+            except TRANSIENT:
+                if time.monotonic() > deadline:
+                    raise
+            for stale in list(self.executions.values()):
+                while True:
+                    try:
+                        with self.connection.pipeline() as p:
+                            self.cleanup_execution(job, pipeline=p, execution=stale)
+                            p.execute()
+                        break
+                    except TRANSIENT:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.2)
+            time.sleep(0.2)
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int):
+        # only a heartbeat of the job: RQ's bookkeeping that follows retries within the lease
+        try:
+            super().handle_execution_ended(job, queue, heartbeat_ttl)
+        except TRANSIENT:
+            job.ended_at = job.ended_at or now()
+
+    def _lease_client(self) -> redis.Redis:
+        if self._leases is None:
+            self._leases = lease_client(self.connection, self.lease_seconds)
+        return self._leases
+
+    def heartbeat(self, timeout=None, pipeline=None):
+        # RQ's work loop quits on a Redis error here (after each job); the dequeue that
+        # follows meets the same error and waits it out instead.
+        try:
+            super().heartbeat(timeout, pipeline)
+        except TRANSIENT as e:
+            log.warning("worker heartbeat not sent: %s", e)
 
     def clean_registries(self):
         # RQ's maintenance under the same lock as every other clean-up (see queue.cleaning)
@@ -145,7 +204,14 @@ class PipeqWorker(SimpleWorker):
 
     def kill_horse(self, sig=signal.SIGTERM):
         """RQ calls this for a stop request of the current job: end its pipeline."""
-        task.control.stop.set()
+        job = self._running
+        if job is not None and job.stop is not None:
+            job.stop.set()
+
+
+def _positive(ttl: int | None) -> int:
+    """A TTL for Redis' EXPIRE: RQ's "never" (-1) and "not kept" (0) become a week."""
+    return ttl if ttl and ttl > 0 else 7 * 24 * 3600
 
 
 class _QuietMaintenance(logging.Filter):
@@ -166,7 +232,8 @@ def run_worker(settings: Settings | None = None, *, burst: bool = False) -> bool
     settings = settings or get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("rq.worker").addFilter(_QuietMaintenance())
-    conn = connect(settings.redis_url, timeout=max(10.0, settings.lease_seconds))
+    # RQ raises the socket timeout to its longest wait for a job (see connection_timeout)
+    conn = connect(settings.redis_url, timeout=2.0)
     name = worker_name(settings)
     _forget_stale_registration(conn, name)
     PipeqWorker.lease_seconds = settings.lease_seconds
@@ -180,12 +247,11 @@ def run_worker(settings: Settings | None = None, *, burst: bool = False) -> bool
 
 
 def _forget_stale_registration(conn: redis.Redis, name: str) -> None:
-    """A pod restarted under the same name finds its old registration: drop it.
+    """A pod restarted under the same name finds its old registration: record its death.
 
     RQ refuses to start a worker whose name is registered and alive. Pod names are unique
     while the pod lives, so a registration under our name is ours from before a restart.
     """
-    key = f"rq:worker:{name}"
-    if conn.exists(key):
-        conn.delete(key)
-        conn.srem("rq:workers", key)
+    stale = PipeqWorker.find_by_key(PipeqWorker.redis_worker_namespace_prefix + name, connection=conn)
+    if stale is not None:
+        stale.register_death()

@@ -14,21 +14,23 @@ as finished) returns them without running the pipeline again.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
 from rq import get_current_job
 
 from pipeq import progress, queue, references
 from pipeq.metrics_store import record_duration
 from pipeq.settings import Settings, get_settings
 from pipeq.store import Store, Unavailable, open_store
+from pipeq.worker.lease import Lease, LeaseLost
 
 GUARD = Path(__file__).with_name("guard.py")
 STDERR_TAIL_LINES = 20
@@ -42,16 +44,6 @@ class PipelineFailed(Exception):
         self.error = error
 
 
-@dataclass
-class RunControl:
-    """Shared between the worker's threads and the task: how to stop the current run."""
-
-    stop: threading.Event = field(default_factory=threading.Event)
-    lease_held: callable = lambda: True  # noqa: E731 — replaced by the worker
-
-
-#: Set by the worker for the job it is executing (one at a time: a SimpleWorker).
-control = RunControl()
 _stores: dict[str, Store] = {}
 
 
@@ -69,24 +61,28 @@ def run_pipeline(reads: list[str], reference: str, sample: str | None = None, so
     by reference and are fetched from there, the others are the job's stored uploads.
 
     Raises PipelineFailed (and forfeits the job's retries: a pipeline that fails by itself
-    fails again) on a non-zero exit, a timeout, a stop or a storage error.
+    fails again) on a non-zero exit, a timeout, a stop or a storage error; LeaseLost when
+    another attempt owns the job now. The worker gives the task its lease and its stop
+    request on the job (``LeasedJob``); its Redis calls retry transient errors within the lease.
     """
     settings = get_settings()
     job = get_current_job()
+    lease: Lease | None = getattr(job, "lease", None)
+    call = lease.retrying if lease is not None else _direct
     number = int(job.meta.get("attempt") or 0) + 1
     job.meta.update(attempt=number, stage="starting", progress=0, error=None)
-    job.save_meta()
+    call(job.save_meta)
 
     def fail(reason: str, message: str, exit_code: int | None = None, tail: list[str] | None = None):
         error = {"reason": reason, "message": message, "exit_code": exit_code, "stderr_tail": "\n".join(tail or [])}
         job.meta["error"] = error
-        job.save_meta()
+        call(job.save_meta)
         job.retries_left = 0
         raise PipelineFailed(error)
 
     store = store_of(settings)
     try:
-        found = store.published(job.id)
+        found = _published(store, job.id, lease)
     except Unavailable as e:
         found = None
         fail("storage error", f"cannot reach the object store: {e}")
@@ -94,9 +90,9 @@ def run_pipeline(reads: list[str], reference: str, sample: str | None = None, so
         # An earlier attempt published its results, then its worker died before RQ recorded
         # the job as finished: the results stand, and running the pipeline again (hours,
         # perhaps) would only redo them.
-        return _done(job, found)
+        return _done(job, found, call)
 
-    if queue.stop_requested(job.connection, job.id):
+    if call(queue.stop_requested, job.connection, job.id):
         # stopped while no worker held the job (its worker had died): end it, run nothing
         fail("stopped", "stopped on request")
 
@@ -107,7 +103,7 @@ def run_pipeline(reads: list[str], reference: str, sample: str | None = None, so
     except Unavailable as e:
         fail("storage error", f"cannot reach the object store: {e}")
     try:
-        return _attempt(settings, job, attempt, number, reads, reference, sample, sources or {}, fail)
+        return _attempt(settings, job, attempt, number, reads, reference, sample, sources or {}, fail, call)
     finally:
         try:
             attempt.close()
@@ -115,7 +111,9 @@ def run_pipeline(reads: list[str], reference: str, sample: str | None = None, so
             pass  # the scratch is freed anyway; the next attempt's start frees it too
 
 
-def _attempt(settings: Settings, job, attempt, number: int, reads: list[str], reference: str, sample: str | None, sources: dict[str, str], fail) -> dict:
+def _attempt(settings: Settings, job, attempt, number: int, reads: list[str], reference: str, sample: str | None, sources: dict[str, str], fail, call) -> dict:
+    lease: Lease | None = getattr(job, "lease", None)
+    stop: threading.Event = getattr(job, "stop", None) or threading.Event()
     try:
         attempt.fetch([n for n in (*reads, reference) if n not in sources])
         attempt.inputs.mkdir(parents=True, exist_ok=True)
@@ -144,11 +142,16 @@ def _attempt(settings: Settings, job, attempt, number: int, reads: list[str], re
     syncer = threading.Thread(target=_sync_log, args=(attempt, syncing, settings.log_upload_interval), name="log", daemon=True)
     syncer.start()
     try:
-        rc, why, tail = _run(cmd, work, log, job, settings.pipeline_timeout, settings.kill_grace)
+        ended = stop if lease is None else _Either(stop, lease.lost)
+        rc, why, tail = _run(cmd, work, log, job, settings.pipeline_timeout, settings.kill_grace, ended)
     finally:
         syncing.set()
         syncer.join(timeout=30)
-    record_duration(job.connection, time.monotonic() - started, "finished" if rc == 0 and not why else "failed")
+    if lease is not None and lease.lost.is_set():
+        # Another attempt owns this job now (this one was presumed dead): publish nothing
+        raise LeaseLost(job.id)
+    with contextlib.suppress(redis.RedisError):
+        record_duration(job.connection, time.monotonic() - started, "finished" if rc == 0 and not why else "failed")
 
     if why == "stopped":
         fail("stopped", "stopped on request", rc, tail)
@@ -159,16 +162,44 @@ def _attempt(settings: Settings, job, attempt, number: int, reads: list[str], re
         fail("pipeline failed", f"pipeline.sh exited with code {rc}" + (f": {last}" if last else ""), rc, tail)
 
     try:
-        published = attempt.publish(control.lease_held)
+        # the lease is checked, and the publication recorded, in one step (lease.claim)
+        published = attempt.publish(lease.claim if lease is not None else lambda: True)
         found = store_of(settings).published(job.id) if published else None
     except OSError as e:
         fail("storage error", f"cannot publish the results: {e.strerror or e}")
     except Unavailable as e:
         fail("storage error", f"cannot publish the results: {e}")
     if not published:
-        # Another worker owns this job now (we were presumed dead): publish nothing.
-        raise PipelineFailed({"reason": "lease lost", "message": "another attempt owns this job", "exit_code": None, "stderr_tail": ""})
-    return _done(job, found)
+        # Another attempt owns this job now (this one was presumed dead): publish nothing
+        raise LeaseLost(job.id)
+    return _done(job, found, call)
+
+
+def _direct(call, *args, **kwargs):
+    return call(*args, **kwargs)
+
+
+def _published(store: Store, job_id: str, lease: Lease | None) -> dict | None:
+    """The results an earlier attempt published, if any. One that recorded its publication
+    may still be moving them into place (or have died doing so): wait up to a lease for them."""
+    found = store.published(job_id)
+    if found is not None or lease is None or lease.publication() is None:
+        return found
+    deadline = time.monotonic() + lease.seconds
+    while found is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        found = store.published(job_id)
+    return found
+
+
+class _Either:
+    """Set when either event is: the task's view of "this attempt must end"."""
+
+    def __init__(self, *events: threading.Event):
+        self.events = events
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
 
 
 def _sync_log(attempt, stop: threading.Event, interval: float) -> None:
@@ -181,16 +212,16 @@ def _sync_log(attempt, stop: threading.Event, interval: float) -> None:
             pass
 
 
-def _done(job, result: dict) -> dict:
+def _done(job, result: dict, call=_direct) -> dict:
     """The job's result, from what its attempt published."""
     job.meta.update(stage="done", progress=100)
-    job.save_meta()
+    call(job.save_meta)
     return result
 
 
-def _run(cmd, cwd, log, job, timeout: float, grace: float) -> tuple[int, str | None, list[str]]:
-    """Run ``cmd`` under the guard; return (exit code, "timeout"/"stopped"/None, stderr tail)."""
-    control.stop.clear()
+def _run(cmd, cwd, log, job, timeout: float, grace: float, stop) -> tuple[int, str | None, list[str]]:
+    """Run ``cmd`` under the guard until it ends, ``timeout`` passes or ``stop`` is set;
+    return (exit code, "timeout"/"stopped"/None, stderr tail)."""
     proc = subprocess.Popen(
         [sys.executable, "-S", str(GUARD), str(grace), "--", *cmd],
         cwd=cwd,
@@ -234,7 +265,7 @@ def _run(cmd, cwd, log, job, timeout: float, grace: float) -> tuple[int, str | N
             if latest[0] is not None and latest[0] != shown:
                 shown = latest[0]
                 _show(job, shown)
-            if control.stop.is_set():
+            if stop.is_set():
                 why = "stopped"
             elif time.monotonic() > deadline:
                 why = "timeout"

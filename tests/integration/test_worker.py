@@ -190,3 +190,31 @@ def test_warm_shutdown_finishes_the_job(client, dataset, workers, use_pipeline, 
     w.send_signal(signal.SIGTERM)
     assert until(client, job_id)["status"] == "finished"
     assert w.wait(timeout=10) == 0
+
+
+def test_a_stop_that_comes_after_the_stop_check_still_stops_the_run(client, dataset, settings, use_pipeline, tmp_path, monkeypatch):
+    """The stop mark is read once as the attempt starts; a stop command that reaches the
+    worker just after that read must still end the pipeline (it used to be cleared)."""
+    from pipeq import queue
+    from pipeq.worker import PipeqWorker, task
+
+    use_pipeline(pipelines.SLEEPY)
+    trace = tmp_path / "trace"
+    monkeypatch.setenv("PIPEQ_TEST_SLEEP", "20")
+    monkeypatch.setenv("PIPEQ_TEST_TRACE", str(trace))
+    monkeypatch.setattr(task, "get_settings", lambda: settings)
+    job_id = submit(client, dataset)
+    worker = PipeqWorker([settings.queue], connection=client.app.state.redis, name=f"race-{uuid.uuid4().hex[:6]}")
+    checked = queue.stop_requested
+
+    def stop_right_after_the_check(conn, jid):
+        seen = checked(conn, jid)
+        worker.kill_horse()  # what RQ does on a stop command for the current job
+        return seen
+
+    monkeypatch.setattr(queue, "stop_requested", stop_right_after_the_check)
+    t0 = time.monotonic()
+    worker.work(burst=True)
+    s = status(client, job_id)
+    assert s["status"] in ("failed", "stopped") and s["error"]["reason"] == "stopped", s
+    assert time.monotonic() - t0 < 15, "the pipeline ran on after the stop"
