@@ -116,19 +116,23 @@ class Workers:
         self.settings = settings
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str | None = None, *, as_pid1: bool = False, **env) -> subprocess.Popen:
+    def start(self, name: str | None = None, *, as_pid1: bool = False, log: Path | None = None, **env) -> subprocess.Popen:
         """Start a worker; ``as_pid1``: as a child subreaper, which orphans come to as they
-        come to PID 1 of a pod without an init (see tests.support.subreaper)."""
+        come to PID 1 of a pod without an init (see tests.support.subreaper); its output goes
+        to ``log`` when given."""
         name = name or f"w{len(self.procs) + 1}-{os.getpid()}"
         wrap = [sys.executable, "-m", "tests.support.subreaper"] if as_pid1 else []
+        out = open(log, "ab") if log is not None else None
         proc = subprocess.Popen(
             [*wrap, sys.executable, "-m", "pipeq", "worker"],
             env=settings_env(self.settings, PIPEQ_WORKER_NAME=name, **env),
             cwd=ROOT,
             start_new_session=True,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE if os.environ.get("PIPEQ_TEST_QUIET_WORKERS") else None,
+            stderr=out or (subprocess.PIPE if os.environ.get("PIPEQ_TEST_QUIET_WORKERS") else None),
         )
+        if out is not None:
+            out.close()
         self.procs[name] = proc
         return proc
 

@@ -163,7 +163,7 @@ class Lease:
         ok = self.retrying(self._claim, keys=[self.registry_key, self.published_key],
                            args=[self.member, time.time(), self.published_ttl])
         if not ok:
-            self._lose("another attempt owns the job: its results are not published")
+            self._lose("the lease ran out or another attempt took the job over: its results are not published")
         return bool(ok)
 
     def publication(self) -> str | None:
@@ -198,14 +198,18 @@ class Lease:
         self.lost.set()
 
     def _renewals(self) -> None:
-        while not self._done.wait(self.seconds / 3):
+        period = self.seconds / 3
+        wait = period
+        while not self._done.wait(wait):
             try:
                 if not self.renew():
                     return
             except TRANSIENT as e:
                 self.retries += 1
                 log.warning("job %s: lease not renewed (%s); %.1f s left", self.job_id, e, self.expires_at - time.time())
+                wait = min(period, 0.5)  # try again soon: the lease is running out
                 continue
+            wait = period
             if self._keep is not None:
                 try:
                     self._keep()

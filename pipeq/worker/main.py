@@ -93,8 +93,7 @@ class PipeqWorker(SimpleWorker):
             with contextlib.suppress(redis.RedisError):
                 self.connection.hdel(self.key, BUSY_FIELD)
             self._running = None
-        with contextlib.suppress(redis.RedisError):
-            self.set_state("idle")
+        self.set_state("idle")
 
     def handle_job_success(self, job: LeasedJob, queue: Queue, started_job_registry, execution):
         """RQ's bookkeeping of a finished job, retried within the lease until Redis has it:
@@ -129,11 +128,11 @@ class PipeqWorker(SimpleWorker):
                 return
 
     def _forget(self, job: LeasedJob, execution) -> None:
-        """Drop this worker's record of an attempt whose lease was lost, and nothing else."""
-        log.warning("job %s: attempt ended without a trace in the job: its lease was lost", job.id)
-        with contextlib.suppress(redis.RedisError), self.connection.pipeline() as p:
-            self.cleanup_execution(job, pipeline=p, execution=execution)
-            p.execute()
+        """Drop this worker's record of an attempt whose lease was lost, and nothing else:
+        its entry in the started registry, if still there, is the reaper's to requeue."""
+        log.warning("job %s: attempt ended, leaving the job to its next attempt: its lease was lost", job.id)
+        if execution is not None:
+            self.executions.pop(execution.id, None)
 
     def _prepare(self, job: LeasedJob):
         """RQ's record of the attempt (its lease entry among it), retrying transient errors
@@ -171,13 +170,26 @@ class PipeqWorker(SimpleWorker):
             self._leases = lease_client(self.connection, self.lease_seconds)
         return self._leases
 
+    # RQ's work loop quits on a Redis error in a heartbeat (after each job), its state,
+    # maintenance or suspension check: the dequeue that follows meets the same error and
+    # waits it out instead.
+    def set_state(self, state, pipeline=None):
+        try:
+            super().set_state(state, pipeline)
+        except TRANSIENT as e:
+            log.warning("worker state %s not recorded: %s", state, e)
+
     def heartbeat(self, timeout=None, pipeline=None):
-        # RQ's work loop quits on a Redis error here (after each job); the dequeue that
-        # follows meets the same error and waits it out instead.
         try:
             super().heartbeat(timeout, pipeline)
         except TRANSIENT as e:
             log.warning("worker heartbeat not sent: %s", e)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        try:
+            super().check_for_suspension(burst)
+        except TRANSIENT as e:
+            log.warning("suspension not checked: %s", e)
 
     def clean_registries(self):
         # RQ's maintenance under the same lock as every other clean-up (see queue.cleaning)
@@ -188,7 +200,11 @@ class PipeqWorker(SimpleWorker):
         self.last_cleaned_at = now()  # another process is cleaning: try again next interval
 
     def run_maintenance_tasks(self):
-        super().run_maintenance_tasks()
+        try:
+            super().run_maintenance_tasks()
+        except TRANSIENT as e:
+            log.warning("registry clean-up put off: %s", e)
+            return
         if not self._last_pruned:
             self._last_pruned = time.monotonic()
         elif time.monotonic() - self._last_pruned > PRUNE_INTERVAL:

@@ -33,3 +33,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "soak" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def toxiproxy():
+    """A toxiproxy-server (tests/support/toxiproxy.py) on a free port, for the session."""
+    from tests.support.toxiproxy import Toxiproxy
+
+    server = Toxiproxy().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_proxy(toxiproxy, redis_server):
+    """A proxy in front of the session's Redis, removed (with its toxics) after the test."""
+    proxy = toxiproxy.proxy(f"redis-{os.getpid()}-{id(redis_server)}-{os.urandom(3).hex()}", upstream=redis_server.port)
+    yield proxy
+    proxy.delete()

@@ -1,0 +1,267 @@
+"""Transient Redis faults through a real fault injector (toxiproxy) and a stalled
+redis-server (SIGSTOP/SIGCONT), over real pipeline.sh runs: every accepted job ends once,
+no pipeline runs twice, no finished run is thrown away. Prints the figures that
+docs/reliability.md quotes (``pytest -s tests/reliability/test_transient_faults.py``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from rq import Worker
+from rq.job import Job
+
+from pipeq.api.app import create_app
+from tests.conftest import ROOT, wait_for
+from tests.support import pipelines
+
+pytestmark = pytest.mark.reliability
+
+JOBS, POOL = 20, 3
+
+# The real pipeline.sh, with a trace of its runs and (with PIPEQ_TEST_GATE) a gate after a
+# successful run, so that a fault can be timed to fall on the publish step that follows.
+TRACED = f"""#!/usr/bin/env bash
+args=("$@")
+while [ $# -gt 0 ]; do case "$1" in --outdir) outdir=$2; shift 2 ;; *) shift ;; esac; done
+echo "start $outdir" >> "$PIPEQ_TEST_TRACE"
+{ROOT / "pipeline.sh"} "${{args[@]}}"
+rc=$?
+echo "end $rc $outdir" >> "$PIPEQ_TEST_TRACE"
+if [ -n "${{PIPEQ_TEST_GATE:-}}" ] && [ $rc = 0 ]; then
+  gate="$PIPEQ_TEST_GATE/$(echo "$outdir" | tr / _)"
+  touch "$gate.ready"
+  for _ in $(seq 200); do [ -e "$gate.go" ] && break; sleep 0.05; done
+fi
+exit $rc
+"""
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    """One 3 kb contig at 10x: pipeline.sh runs in under 2 s."""
+    from tests.support.simdata import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("small"), seed=3, n_snps=2, contig_lengths=(3000,), depth=10)
+
+
+def _files(dataset):
+    files = [("reads", (p.name, p.read_bytes())) for p in dataset.reads]
+    return files + [("reference", (dataset.reference.name, dataset.reference.read_bytes()))]
+
+
+class Faults:
+    """Runs one kind of fault in a thread until stopped; always leaves Redis healthy."""
+
+    def __init__(self, kind: str, proxy, redis_server, gate: Path):
+        self.kind, self.proxy, self.redis_server, self.gate = kind, proxy, redis_server, gate
+        self.done = threading.Event()
+        self.count = 0
+        self.rng = random.Random(15)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join(timeout=20)
+
+    def _run(self):
+        getattr(self, self.kind)()
+
+    def latency(self):
+        # spikes of 1-3 s on every reply, each for 1-2 s, about every 3 s
+        while not self.done.wait(self.rng.uniform(0.5, 1.5)):
+            ms = self.rng.randint(1000, 3000)
+            with self.proxy.toxic("latency", latency=ms):
+                self.count += 1
+                self.done.wait(self.rng.uniform(1.0, 2.0))
+
+    def resets(self):
+        # every client connection is reset (TCP RST) as it next sends, again and again
+        while not self.done.wait(self.rng.uniform(0.5, 1.5)):
+            with self.proxy.toxic("reset_peer", stream="upstream", timeout=0):
+                self.count += 1
+                self.done.wait(0.3)
+
+    def publish_blackhole(self):
+        # a 3 s blackhole each time a pipeline has ended and its worker is about to publish
+        while not self.done.wait(0.05):
+            if not any(self.gate.glob("*.ready")):
+                continue
+            self.done.wait(0.3)  # the runs that end about together share one blackhole
+            ready = sorted(self.gate.glob("*.ready"))
+            with self.proxy.toxic("timeout", stream="downstream", timeout=0):
+                self.count += 1
+                for r in ready:
+                    r.with_suffix(".go").touch()
+                    r.unlink()
+                self.done.wait(3.0)
+            self.done.wait(2.0)  # Redis answers between blackholes (else they add up past the lease)
+
+    def sigstop(self):
+        # redis-server itself stalls: stopped for 1.5 s of every 3 s
+        pid = self.redis_server.proc.pid
+        while not self.done.is_set():
+            os.kill(pid, signal.SIGSTOP)
+            self.count += 1
+            try:
+                self.done.wait(1.5)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            self.done.wait(1.5)
+
+
+@pytest.mark.parametrize("kind", ["latency", "resets", "publish_blackhole", "sigstop"])
+def test_transient_faults_lose_nothing_and_run_nothing_twice(kind, redis_server, redis_proxy, conn, settings, workers, small_dataset, tmp_path):
+    trace, gate = tmp_path / "trace", tmp_path / "gate"
+    gate.mkdir()
+    settings.pipeline = pipelines.write(tmp_path, "traced.sh", TRACED)
+    # a lease well past the longest fault (a 3 s blackhole, 3 s of latency), as in production
+    settings.lease_seconds, settings.threads = 8, 1
+    api_settings = settings.model_copy()  # the API talks to Redis directly: this test is about workers
+    settings.redis_url = redis_proxy.url
+    logs = []
+    with TestClient(create_app(api_settings)) as client:
+        ids = [client.post("/run_pipeline", files=_files(small_dataset)).json()["job_id"] for _ in range(JOBS)]
+        env = dict(PIPEQ_TEST_TRACE=trace, PIPEQ_TEST_GATE=gate if kind == "publish_blackhole" else "")
+        for n in range(POOL):
+            logs.append(tmp_path / f"w{n}.log")
+            workers.start(f"{kind}-w{n}", log=logs[-1], **env)
+        t0 = time.monotonic()
+        with Faults(kind, redis_proxy, redis_server, gate) as faults:
+            def ended():
+                return all(conn.hget(Job.key_for(i), "status") in (b"finished", b"failed", b"stopped") for i in ids)
+
+            with contextlib.suppress(AssertionError):
+                wait_for(ended, timeout=100, interval=0.5, what="every job to end")
+        took = time.monotonic() - t0
+        statuses = {i: client.get(f"/job_status/{i}").json() for i in ids}
+
+    starts, ends = Counter(), Counter()
+    successes: dict[str, list[str]] = {}
+    for line in trace.read_text().splitlines():
+        job_id, attempt = re.search(r"/jobs/([0-9a-f]{32})/work/(attempt-\d+)", line).groups()
+        if line.startswith("start"):
+            starts[job_id] += 1
+        elif line.split()[1] == "0":
+            successes.setdefault(job_id, []).append(attempt)
+    finished = [i for i in ids if statuses[i]["status"] == "finished"]
+    lost = [i for i in ids if statuses[i]["status"] not in ("finished", "failed", "stopped")]
+    twice = [i for i in ids if starts[i] > 1]
+    # a pipeline that succeeded but whose results are not the job's: every success beyond
+    # the one that was published, and any success of a job that did not finish
+    discarded = [(i, a) for i, done in successes.items() for a in (done[1:] if i in finished else done)]
+    not_finished = {i: statuses[i]["status"] for i in ids if i not in finished}
+    attempts = Counter(statuses[i]["attempt"] for i in ids)
+    text = "\n".join(p.read_text(errors="replace") for p in logs if p.exists())
+    retried = len(re.findall(r"retrying within the lease|lease not renewed|could not connect to Redis|heartbeat not sent", text))
+    print(f"\n{kind}: {len(finished)}/{JOBS} finished, {len(lost)} lost, {len(twice)} ran twice, "
+          f"{len(discarded)} results discarded; {faults.count} faults in {took:.1f}s; "
+          f"retries seen: {retried} transient Redis errors retried by workers, attempts per job {dict(sorted(attempts.items()))}")
+    assert (len(finished), len(lost), len(twice), len(discarded)) == (JOBS, 0, 0, 0), (not_finished, twice, discarded)
+    assert faults.count > 0 and all(statuses[i]["attempt"] == 1 for i in ids)
+    assert all("report.json" in statuses[i]["result"]["files"] for i in ids)
+    assert "Traceback" not in text or "LeaseLost" not in text
+
+
+def test_idle_workers_take_jobs_within_seconds_after_an_outage(redis_proxy, conn, settings, workers, small_dataset, tmp_path):
+    """RQ backs off up to 60 s between reconnections of an idle worker; pipeq's retry every
+    2 s at most, so a job submitted as Redis comes back starts within seconds."""
+    settings.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
+    api_settings = settings.model_copy()
+    settings.redis_url = redis_proxy.url
+    log = tmp_path / "w.log"
+    workers.start("idle", log=log, PIPEQ_TEST_SLEEP=0)
+    wait_for(lambda: conn.exists(Worker.redis_worker_namespace_prefix + "idle"), timeout=10, what="the worker to register")
+    redis_proxy.disable()
+    time.sleep(9)  # RQ's own backoff would wait 8 s after the try at 7 s (1 + 2 + 4)
+    redis_proxy.enable()
+    with TestClient(create_app(api_settings)) as client:
+        t0 = time.monotonic()
+        job_id = client.post("/run_pipeline", files=_files(small_dataset)).json()["job_id"]
+        wait_for(lambda: client.get(f"/job_status/{job_id}").json()["status"] != "queued", timeout=30, interval=0.1, what="the job to start")
+        waited = time.monotonic() - t0
+    print(f"\nafter a 9 s outage an idle worker took a new job in {waited:.1f}s")
+    assert waited < 4, f"dispatch resumed after {waited:.1f}s"
+
+
+def test_api_during_stalls_answers_202_or_503_and_keeps_its_word(redis_proxy, conn, settings, small_dataset):
+    """Submissions while Redis stalls (replies held past the API's timeout, or delayed):
+    each gets 202 or 503, never 500; every 202 is a job that exists with its inputs, and
+    every 503 left nothing on disk."""
+    settings.redis_url = redis_proxy.url
+    answers: list[tuple[int, str | None]] = []
+    done = threading.Event()
+
+    def stalls():
+        rng = random.Random(3)
+        while not done.is_set():
+            kind = rng.choice(["timeout", "latency"])
+            with redis_proxy.toxic(kind, **({"timeout": 0} if kind == "timeout" else {"latency": rng.randint(1000, 3000)})):
+                done.wait(rng.uniform(2.0, 6.0))
+            done.wait(rng.uniform(0.3, 1.5))
+
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        t = threading.Thread(target=stalls, daemon=True)
+        t.start()
+        deadline = time.monotonic() + 12
+        try:
+            while time.monotonic() < deadline:
+                r = client.post("/run_pipeline", files=_files(small_dataset))
+                answers.append((r.status_code, r.json().get("job_id") if r.status_code == 202 else None))
+        finally:
+            done.set()
+            t.join(timeout=15)
+    codes = Counter(c for c, _ in answers)
+    accepted = {j for c, j in answers if c == 202}
+    on_disk = {p.name for p in (settings.data_dir / "jobs").iterdir()}
+    print(f"\nAPI while Redis stalls: {len(answers)} submissions, {dict(sorted(codes.items()))}")
+    assert set(codes) <= {202, 503} and codes[503] > 0 and codes[202] > 0, codes
+    assert all(conn.exists(Job.key_for(j)) for j in accepted)
+    assert on_disk == accepted, (on_disk - accepted, accepted - on_disk)
+
+
+def test_scaler_holds_workers_while_redis_stalls_and_recovers(redis_proxy, conn, settings, small_dataset, tmp_path):
+    """The scaling loop (pipeq dev's supervisor: the same policy as the operator) with its
+    Redis link blackholed: it holds its busy workers instead of scaling down blind, and
+    scales again by itself once Redis answers."""
+    from pipeq.dev import Supervisor
+    from tests.conftest import settings_env
+
+    settings.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
+    settings.min_workers, settings.max_workers, settings.scale_down_delay = 0, 2, 0.5
+    env = settings_env(settings, PIPEQ_TEST_SLEEP=12)  # the workers talk to Redis directly
+    api_settings = settings.model_copy()
+    settings.redis_url = redis_proxy.url
+    sup = Supervisor(settings, env)
+    try:
+        with TestClient(create_app(api_settings)) as client:
+            ids = [client.post("/run_pipeline", files=_files(small_dataset)).json()["job_id"] for _ in range(2)]
+            wait_for(lambda: sup.step() and len(sup.workers) == 2 and
+                     all(client.get(f"/job_status/{i}").json()["status"] == "started" for i in ids),
+                     timeout=30, interval=0.2, what="2 busy workers")
+            held = []
+            with redis_proxy.toxic("timeout", stream="downstream", timeout=0):
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < 6:
+                    decision = sup.step()
+                    held.append((decision, sum(not w.stopping for w in sup.workers.values())))
+            assert held and all(d is None and n == 2 for d, n in held), held
+            assert not sup.redis_ok
+            recovered = wait_for(lambda: sup.step(), timeout=10, interval=0.2, what="the scaler to decide again")
+            assert sup.redis_ok and recovered.desired == 2, recovered
+            print(f"\nscaler while Redis stalled: {len(held)} polls held 2 workers; decided again after the stall: {recovered.reason}")
+    finally:
+        sup.stop_all(grace=2)
