@@ -16,6 +16,8 @@ from rq import Queue, Retry, Worker, worker_registration
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
+#: The queue of the API, the workers and a WorkerPool that name none.
+DEFAULT_QUEUE = "pipeline_tasks"
 #: How long a clean-up may hold the queue's cleaning lock (see ``cleaning``).
 CLEAN_LOCK_SECONDS = 10
 #: The field a pipeq worker sets in its RQ worker hash while it runs a job (value: job_id).

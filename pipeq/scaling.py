@@ -11,6 +11,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+# The knobs' defaults, for both actuators: a WorkerPool's spec (builders.pool_settings; the
+# CRD repeats them for the API server, and a unit test keeps it in step) and ``pipeq dev``
+# (settings). Only the fewest workers differ: a pool scales to zero, ``pipeq dev`` keeps one.
+#: seconds between two decisions when no enqueue signals one sooner
+POLL_INTERVAL = 0.5
+#: seconds a lower count must be wanted without a break before workers are removed
+SCALE_DOWN_DELAY = 60.0
+JOBS_PER_WORKER = 1
+MAX_WORKERS = 4
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -33,8 +43,8 @@ def decide(
     current: int,
     min_replicas: int,
     max_replicas: int,
-    jobs_per_worker: int = 1,
-    scale_down_delay: float = 60.0,
+    jobs_per_worker: int = JOBS_PER_WORKER,
+    scale_down_delay: float = SCALE_DOWN_DELAY,
     paused: bool = False,
     now: float,
     lower_since: float | None = None,

@@ -11,7 +11,12 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeq import scaling
+from pipeq.queue import DEFAULT_QUEUE
+
 ROOT = Path(__file__).resolve().parent.parent
+#: a pipeline's time limit, for ``pipeq dev`` and for a WorkerPool that sets none
+DEFAULT_PIPELINE_TIMEOUT = 6 * 3600
 
 
 def _default_pipeline() -> Path:
@@ -27,7 +32,7 @@ class Settings(BaseSettings):
 
     # Where things are
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the queue, jobs and registries.")
-    queue: str = Field("pipeline_tasks", description="RQ queue the API enqueues to and workers listen on.")
+    queue: str = Field(DEFAULT_QUEUE, description="RQ queue the API enqueues to and workers listen on.")
     data_dir: Path = Field(Path("./data"), description="Root of the job folders, shared by the API and workers (with `PIPEQ_STORAGE=file`).")
     storage: str = Field("file", pattern=r"^(file|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?)$", description="Where job files live: `file` (the data folder) or `s3://BUCKET[/PREFIX]` (endpoint and credentials from the standard AWS variables: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, profiles).")
     pipeline: Path = Field(default_factory=_default_pipeline, description="The pipeline script workers run.")
@@ -45,7 +50,7 @@ class Settings(BaseSettings):
     job_ttl: int = Field(7 * 24 * 3600, description="Seconds a finished, failed or canceled job is kept in Redis and listed.")
 
     # Workers
-    pipeline_timeout: int = Field(6 * 3600, gt=0, description="Seconds a pipeline may run before its process group is killed.")
+    pipeline_timeout: int = Field(DEFAULT_PIPELINE_TIMEOUT, gt=0, description="Seconds a pipeline may run before its process group is killed.")
     kill_grace: float = Field(10.0, ge=0, description="Seconds between SIGTERM and SIGKILL when a pipeline is stopped or times out.")
     threads: int = Field(2, ge=1, description="--threads passed to pipeline.sh.")
     retries: int = Field(2, ge=0, description="Extra attempts for a job whose worker died (a pipeline that fails by itself is not retried).")
@@ -57,10 +62,10 @@ class Settings(BaseSettings):
 
     # pipeq dev: local autoscaled workers
     min_workers: int = Field(1, ge=0, description="pipeq dev: fewest local workers (0 = scale to zero).")
-    max_workers: int = Field(4, ge=1, description="pipeq dev: most local workers.")
-    jobs_per_worker: int = Field(1, ge=1, description="Jobs one worker takes at a time (scaling divides the load by it).")
-    scale_down_delay: float = Field(60.0, ge=0, description="Seconds a lower worker count must hold before workers are removed.")
-    poll_interval: float = Field(0.25, gt=0, description="Seconds between scaling decisions.")
+    max_workers: int = Field(scaling.MAX_WORKERS, ge=1, description="pipeq dev: most local workers.")
+    jobs_per_worker: int = Field(scaling.JOBS_PER_WORKER, ge=1, description="Jobs one worker takes at a time (scaling divides the load by it).")
+    scale_down_delay: float = Field(scaling.SCALE_DOWN_DELAY, ge=0, description="Seconds a lower worker count must hold before workers are removed.")
+    poll_interval: float = Field(scaling.POLL_INTERVAL, gt=0, description="Seconds between scaling decisions.")
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":

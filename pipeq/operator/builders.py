@@ -10,6 +10,10 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
+from pipeq import scaling
+from pipeq.queue import DEFAULT_QUEUE
+from pipeq.settings import DEFAULT_PIPELINE_TIMEOUT
+
 POOL_LABEL = "pipeq.dev/pool"
 JOB_ANNOTATION = "pipeq.dev/job"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
@@ -27,17 +31,15 @@ TMP_VOLUME = "pipeq-tmp"
 #: variables the operator sets on every worker; the pool's env may not override them
 OPERATOR_ENV = ("PIPEQ_QUEUE", "PIPEQ_REDIS_URL", "PIPEQ_PIPELINE_TIMEOUT", "PIPEQ_WORKER_NAME")
 
+#: a pool's defaults (the CRD repeats them for the API server; tests/unit keeps it in step)
 DEFAULTS: dict[str, Any] = {
-    "queue": "pipeline_tasks",
+    "queue": DEFAULT_QUEUE,
     "imagePullPolicy": "IfNotPresent",
     "minReplicas": 0,
-    "maxReplicas": 4,
-    "jobsPerWorker": 1,
+    "maxReplicas": scaling.MAX_WORKERS,
+    "jobsPerWorker": scaling.JOBS_PER_WORKER,
     "paused": False,
 }
-DEFAULT_TIMEOUT = 21600
-DEFAULT_POLL = 0.5
-DEFAULT_SCALE_DOWN_DELAY = 60.0
 
 
 def deployment_name(pool: str) -> str:
@@ -61,11 +63,11 @@ def pool_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The pool's knobs with the CRD's defaults filled in (the API server defaults them too;
     this keeps the operator right against a pool stored before a default existed)."""
     s = {**DEFAULTS, **{k: v for k, v in spec.items() if v is not None}}
-    s["timeout"] = int((spec.get("pipeline") or {}).get("timeoutSeconds") or DEFAULT_TIMEOUT)
-    scaling = spec.get("scaling") or {}
-    s["poll"] = float(scaling.get("pollIntervalSeconds") or DEFAULT_POLL)
-    delay = scaling.get("scaleDownDelaySeconds")
-    s["scaleDownDelay"] = float(DEFAULT_SCALE_DOWN_DELAY if delay is None else delay)
+    s["timeout"] = int((spec.get("pipeline") or {}).get("timeoutSeconds") or DEFAULT_PIPELINE_TIMEOUT)
+    knobs = spec.get("scaling") or {}
+    s["poll"] = float(knobs.get("pollIntervalSeconds") or scaling.POLL_INTERVAL)
+    delay = knobs.get("scaleDownDelaySeconds")
+    s["scaleDownDelay"] = float(scaling.SCALE_DOWN_DELAY if delay is None else delay)
     return s
 
 

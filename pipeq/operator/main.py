@@ -34,7 +34,7 @@ def parse(argv: list[str] | None = None) -> tuple[dict, bool]:
     args = parser.parse_args(argv)
     os.environ["PIPEQ_OPERATOR_METRICS_PORT"] = str(max(0, args.metrics_port))
     return dict(
-        standalone=True,  # see handlers.configure: one operator pod, no peering
+        standalone=True,  # see startup.configure: one operator pod, no peering
         clusterwide=not args.namespace,
         namespaces=list(args.namespace),
         liveness_endpoint=args.liveness or None,

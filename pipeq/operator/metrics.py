@@ -1,4 +1,4 @@
-"""Prometheus metrics of the operator, one series per pool (labels: namespace, pool).
+"""What the operator reports: Prometheus metrics, one series per pool (labels: namespace, pool), and the liveness probe's body.
 
 Served on PIPEQ_OPERATOR_METRICS_PORT (the chart sets it) at /metrics; not served when unset.
 """
@@ -36,6 +36,12 @@ def forget(namespace: str, pool: str) -> None:
             scale_events.remove(namespace, pool, direction)
         except KeyError:
             pass
+
+
+def liveness(scalers: dict) -> dict:
+    """The liveness endpoint's body: how many pools are scaled and how many reach Redis."""
+    scalers = dict(scalers)  # daemons come and go meanwhile
+    return {"pools": len(scalers), "redis_unreachable": sum(1 for s in scalers.values() if s.redis_ok is False)}
 
 
 def serve(port: int, registry: CollectorRegistry = REGISTRY) -> None:

@@ -12,42 +12,24 @@ from __future__ import annotations
 import sys
 import time
 
-from pipeq.operator.builders import finalizer_removal
-from pipeq.operator.handlers import GROUP, PLURAL, VERSION
+from pipeq.operator.kube import Kube
 
 
 def main(argv: list[str]) -> int:
-    from kubernetes import client, config
-
     namespace = argv[0]
     timeout = float(argv[1]) if len(argv) > 1 else 30.0
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    api = client.CustomObjectsApi()
-    pools = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
-    for pool in pools:
-        name = pool["metadata"]["name"]
-        try:
-            api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-            print(f"deleting WorkerPool {namespace}/{name}", flush=True)
-        except client.exceptions.ApiException as e:
-            if e.status != 404:
-                raise
+    kube = Kube(pool_size=4)
+    for pool in kube.list_pools(namespace):
+        if kube.delete_pool(namespace, pool["metadata"]["name"]):
+            print(f"deleting WorkerPool {namespace}/{pool['metadata']['name']}", flush=True)
     deadline = time.monotonic() + timeout
-    while items := api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]:
+    while items := kube.list_pools(namespace):
         if time.monotonic() > deadline:
             # No operator released them (it is not running): release them here, or the
             # uninstall would hang. The pools' Deployments go with them (owner references).
             for pool in items:
-                patch = finalizer_removal(pool["metadata"].get("finalizers"))
-                if patch is not None:
-                    try:
-                        api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, pool["metadata"]["name"], patch)
-                    except client.exceptions.ApiException as e:
-                        if e.status not in (404, 409, 422):
-                            raise
+                if why := kube.release_finalizer(namespace, pool["metadata"]["name"]):
+                    raise SystemExit(f"releasing WorkerPool {namespace}/{pool['metadata']['name']}: {why}")
             print(f"released WorkerPools in {namespace} that no operator released within {timeout:.0f} s", flush=True)
             deadline = time.monotonic() + timeout
         time.sleep(0.5)

@@ -1,0 +1,78 @@
+"""The operator's start: every kopf setting with its reason, and what the handlers share.
+
+``start`` is the body of the one ``@kopf.on.startup`` handler (``handlers.startup``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import kopf
+
+from pipeq.operator import builders, metrics
+from pipeq.operator.kube import Kube
+from pipeq.settings import get_settings
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """kopf's settings, each with why."""
+    # Standalone, no peering: the chart runs one operator pod with strategy Recreate, and
+    # peering would need a ClusterKopfPeering resource and cluster-wide RBAC for it.
+    settings.peering.standalone = True
+    settings.peering.mandatory = False
+    # Keep kopf's bookkeeping in annotations under our own prefix: the CRD's status schema
+    # is structural (status.kopf would be pruned), and status belongs to the scaler.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="pipeq.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="pipeq.dev", key="last-handled-configuration")
+    settings.persistence.finalizer = builders.FINALIZER
+    # Watches: the server closes a watch after at most 5 minutes, so a silently broken
+    # connection (a load balancer dropping idle streams) is noticed and re-established.
+    settings.watching.server_timeout = 300
+    # ...and the client gives up a bit later than the server would, never before it.
+    settings.watching.client_timeout = 330
+    # Watch only the pools' own pods and Deployments, filtered by the API server: the
+    # indexes need nothing else, and every pod of a large cluster would cost memory and
+    # bandwidth for nothing.
+    settings.watching.label_selectors["", "v1", "pods"] = builders.POOL_LABEL
+    settings.watching.label_selectors["apps", "v1", "deployments"] = builders.POOL_LABEL
+    # Fail fast on a dead API server at connect time; retries follow kopf's backoffs.
+    settings.watching.connect_timeout = 10
+    # Reconnect quickly after a dropped watch: missed pods mean stale deletion costs.
+    settings.watching.reconnect_backoff = 0.5
+    # Events: only the ones we post explicitly ("Scaled", "RedisUnreachable", ...). Log
+    # lines as Events (one per handler run, per poll warning) would bury them and load the
+    # API server, so the loggers are not posted.
+    settings.posting.enabled = True
+    settings.posting.loggers = False
+    settings.posting.level = logging.INFO
+    settings.posting.reporting_component = "pipeq-operator"
+    settings.posting.reporting_instance = os.environ.get("HOSTNAME", "pipeq-operator")
+    # Every pool runs a sync daemon in kopf's thread pool for its whole life: size the pool
+    # for many pools plus the short create/update handlers (the default is ~cpus+4).
+    settings.execution.max_workers = int(os.environ.get("PIPEQ_OPERATOR_MAX_POOLS", "256")) + 16
+    # A failed Deployment write is retried soon: the pool must not wait a minute for workers.
+    settings.execution.default_backoff = 5
+    # Daemons stop when their pool goes; a daemon between polls exits within one interval.
+    settings.background.cancellation_polling = 1
+    # Bounded API requests: a hung request must not stall a pool's scaler.
+    settings.networking.request_timeout = 30
+    settings.networking.connect_timeout = 10
+
+
+def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger) -> None:
+    """Configure kopf and fill the memo every handler shares (per-resource memos are shallow
+    copies of this one, so they share its dict and set)."""
+    configure(settings)
+    memo.kube = Kube(pool_size=settings.execution.max_workers)
+    # every pool this operator has served, for releasing their finalizers on exit
+    memo.pools = set()
+    # the pools' scalers by (namespace, name), for the liveness probe
+    memo.scalers = {}
+    # the Redis of pools that name none (and of their workers)
+    memo.redis_url = get_settings().redis_url
+    port = os.environ.get("PIPEQ_OPERATOR_METRICS_PORT")
+    if port and int(port) > 0:
+        metrics.serve(int(port))
+        logger.info("metrics on :%s/metrics", port)
