@@ -15,15 +15,16 @@ Contract:
   reply that does not come) is retried, for as long as the lease lasts by the last renewal
   Redis confirmed (:attr:`expires_at`); an attempt that cannot reach Redis before then
   cannot prove it still owns the job, and counts the lease as lost.
-- **Check and publish are one step.** :meth:`claim` runs one script that checks the entry
-  and records the publication (``pipeq:published:<job_id>`` = this attempt's entry); the
-  store makes the results the job's (a rename, or one PUT of a manifest) only after it said
-  yes. An attempt whose lease is gone can no longer record one. An attempt that finds a
-  record but no results yet (its predecessor was moving them, or died doing so) waits up to
-  a lease for them (:meth:`publication`) before it runs the pipeline again.
+- **Check and publish are one step.** :meth:`publish` gives the store :meth:`claim`, one
+  script that checks the entry and records the publication (``pipeq:published:<job_id>`` =
+  this attempt's entry); the store makes the results the job's (a rename, or one PUT of a
+  manifest) only after it said yes. An attempt whose lease is gone can no longer record one.
+  An attempt that finds a record but no results yet (its predecessor was moving them, or
+  died doing so) waits up to a lease for them (:meth:`publication`) before it runs the
+  pipeline again.
 - **A lost lease ends the attempt, nothing else.** The attempt stops its pipeline and
   raises :class:`LeaseLost`; the worker leaves the job's RQ state to the attempt that owns
-  it now (no failure is recorded, no retry is spent).
+  it now, or to the reaper that will requeue it (no failure is recorded, no retry is spent).
 - :meth:`release` stops the renewals; RQ removes the entry when it records the job's end.
 
 The lease talks to Redis over a client of its own with a short socket timeout (a fraction
@@ -165,6 +166,12 @@ class Lease:
         if not ok:
             self._lose("the lease ran out or another attempt took the job over: its results are not published")
         return bool(ok)
+
+    def publish(self, attempt) -> bool:
+        """Have ``attempt`` (a ``pipeq.store.Attempt``) make its results the job's, with
+        :meth:`claim` as the check it runs just before the step that counts; False if the
+        lease said no (then nothing is published)."""
+        return attempt.publish(self.claim)
 
     def publication(self) -> str | None:
         """The lease entry of the attempt that recorded a publication of this job, if any."""

@@ -162,8 +162,7 @@ def _attempt(settings: Settings, job, attempt, number: int, reads: list[str], re
         fail("pipeline failed", f"pipeline.sh exited with code {rc}" + (f": {last}" if last else ""), rc, tail)
 
     try:
-        # the lease is checked, and the publication recorded, in one step (lease.claim)
-        published = attempt.publish(lease.claim if lease is not None else lambda: True)
+        published = lease.publish(attempt) if lease is not None else attempt.publish(lambda: True)
         found = store_of(settings).published(job.id) if published else None
     except OSError as e:
         fail("storage error", f"cannot publish the results: {e.strerror or e}")

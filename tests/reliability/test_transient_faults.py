@@ -6,6 +6,7 @@ docs/reliability.md quotes (``pytest -s tests/reliability/test_transient_faults.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import re
@@ -60,70 +61,87 @@ def _files(dataset):
 
 
 class Faults:
-    """Runs one kind of fault in a thread until stopped; always leaves Redis healthy."""
+    """Injects one kind of fault, or all of them in turn ("mixed"), from threads until
+    stopped; one fault at a time (each followed by a short calm, so that they do not add up
+    past the lease), and Redis is always left healthy."""
+
+    KINDS = ("latency", "resets", "publish_blackhole", "sigstop")
 
     def __init__(self, kind: str, proxy, redis_server, gate: Path):
         self.kind, self.proxy, self.redis_server, self.gate = kind, proxy, redis_server, gate
         self.done = threading.Event()
-        self.count = 0
+        self.lock = threading.Lock()
+        self.counts: Counter = Counter()
         self.rng = random.Random(15)
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        loops = {"publish_blackhole": [self._publish_loop], "mixed": [self._rotation, self._publish_loop]}
+        self.threads = [threading.Thread(target=f, daemon=True) for f in loops.get(kind, [self._rotation])]
 
     def __enter__(self):
-        self.thread.start()
+        for t in self.threads:
+            t.start()
         return self
 
     def __exit__(self, *exc):
         self.done.set()
-        self.thread.join(timeout=20)
+        for t in self.threads:
+            t.join(timeout=20)
+        for r in self.gate.glob("*.ready"):  # release any run still at the gate
+            r.with_suffix(".go").touch()
 
-    def _run(self):
-        getattr(self, self.kind)()
+    def _rotation(self):
+        kinds = itertools.cycle([k for k in ("latency", "resets", "sigstop") if self.kind in (k, "mixed")])
+        while not self.done.wait(self.rng.uniform(0.5, 1.5)):
+            kind = next(kinds)
+            with self.lock:
+                if self.done.is_set():
+                    return
+                getattr(self, kind)()
+                self.counts[kind] += 1
+                self.done.wait(1.5)
 
     def latency(self):
-        # spikes of 1-3 s on every reply, each for 1-2 s, about every 3 s
-        while not self.done.wait(self.rng.uniform(0.5, 1.5)):
-            ms = self.rng.randint(1000, 3000)
-            with self.proxy.toxic("latency", latency=ms):
-                self.count += 1
-                self.done.wait(self.rng.uniform(1.0, 2.0))
+        # a spike of 1-3 s on every reply, for 1-2 s
+        with self.proxy.toxic("latency", latency=self.rng.randint(1000, 3000)):
+            self.done.wait(self.rng.uniform(1.0, 2.0))
 
     def resets(self):
-        # every client connection is reset (TCP RST) as it next sends, again and again
-        while not self.done.wait(self.rng.uniform(0.5, 1.5)):
-            with self.proxy.toxic("reset_peer", stream="upstream", timeout=0):
-                self.count += 1
-                self.done.wait(0.3)
+        # every client connection is reset (TCP RST) as it next sends
+        with self.proxy.toxic("reset_peer", stream="upstream", timeout=0):
+            self.done.wait(0.3)
 
-    def publish_blackhole(self):
-        # a 3 s blackhole each time a pipeline has ended and its worker is about to publish
+    def sigstop(self):
+        # redis-server itself stalls for 1.5 s (then runs for 1.5 s: the calm after each fault)
+        pid = self.redis_server.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            self.done.wait(1.5)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    def _publish_loop(self):
+        # a 3 s blackhole each time pipelines have ended and their workers are about to publish
         while not self.done.wait(0.05):
             if not any(self.gate.glob("*.ready")):
                 continue
-            self.done.wait(0.3)  # the runs that end about together share one blackhole
-            ready = sorted(self.gate.glob("*.ready"))
-            with self.proxy.toxic("timeout", stream="downstream", timeout=0):
-                self.count += 1
-                for r in ready:
-                    r.with_suffix(".go").touch()
-                    r.unlink()
-                self.done.wait(3.0)
-            self.done.wait(2.0)  # Redis answers between blackholes (else they add up past the lease)
-
-    def sigstop(self):
-        # redis-server itself stalls: stopped for 1.5 s of every 3 s
-        pid = self.redis_server.proc.pid
-        while not self.done.is_set():
-            os.kill(pid, signal.SIGSTOP)
-            self.count += 1
-            try:
-                self.done.wait(1.5)
-            finally:
-                os.kill(pid, signal.SIGCONT)
-            self.done.wait(1.5)
+            with self.lock:
+                self.done.wait(0.3)  # the runs that end about together share one blackhole
+                ready = sorted(self.gate.glob("*.ready"))
+                with self.proxy.toxic("timeout", stream="downstream", timeout=0):
+                    self.counts["publish_blackhole"] += 1
+                    for r in ready:
+                        r.with_suffix(".go").touch()
+                        r.unlink()
+                    self.done.wait(3.0)
+                self.done.wait(2.0)
 
 
-@pytest.mark.parametrize("kind", ["latency", "resets", "publish_blackhole", "sigstop"])
+#: The mixed run is part of every run of the suite; one run per kind of fault, for the
+#: figures in docs/reliability.md, with PIPEQ_FAULTS_EACH=1.
+EACH = os.environ.get("PIPEQ_FAULTS_EACH") == "1"
+
+
+@pytest.mark.parametrize("kind", ["mixed", *[pytest.param(k, marks=pytest.mark.skipif(not EACH, reason="PIPEQ_FAULTS_EACH=1 runs each kind alone"))
+                                              for k in Faults.KINDS]])
 def test_transient_faults_lose_nothing_and_run_nothing_twice(kind, redis_server, redis_proxy, conn, settings, workers, small_dataset, tmp_path):
     trace, gate = tmp_path / "trace", tmp_path / "gate"
     gate.mkdir()
@@ -135,7 +153,7 @@ def test_transient_faults_lose_nothing_and_run_nothing_twice(kind, redis_server,
     logs = []
     with TestClient(create_app(api_settings)) as client:
         ids = [client.post("/run_pipeline", files=_files(small_dataset)).json()["job_id"] for _ in range(JOBS)]
-        env = dict(PIPEQ_TEST_TRACE=trace, PIPEQ_TEST_GATE=gate if kind == "publish_blackhole" else "")
+        env = dict(PIPEQ_TEST_TRACE=trace, PIPEQ_TEST_GATE=gate if kind in ("publish_blackhole", "mixed") else "")
         for n in range(POOL):
             logs.append(tmp_path / f"w{n}.log")
             workers.start(f"{kind}-w{n}", log=logs[-1], **env)
@@ -168,10 +186,11 @@ def test_transient_faults_lose_nothing_and_run_nothing_twice(kind, redis_server,
     text = "\n".join(p.read_text(errors="replace") for p in logs if p.exists())
     retried = len(re.findall(r"retrying within the lease|lease not renewed|could not connect to Redis|heartbeat not sent", text))
     print(f"\n{kind}: {len(finished)}/{JOBS} finished, {len(lost)} lost, {len(twice)} ran twice, "
-          f"{len(discarded)} results discarded; {faults.count} faults in {took:.1f}s; "
+          f"{len(discarded)} results discarded; faults {dict(sorted(faults.counts.items()))} in {took:.1f}s; "
           f"retries seen: {retried} transient Redis errors retried by workers, attempts per job {dict(sorted(attempts.items()))}")
     assert (len(finished), len(lost), len(twice), len(discarded)) == (JOBS, 0, 0, 0), (not_finished, twice, discarded)
-    assert faults.count > 0 and all(statuses[i]["attempt"] == 1 for i in ids)
+    assert set(faults.counts) == ({kind} if kind != "mixed" else set(Faults.KINDS)), faults.counts
+    assert all(statuses[i]["attempt"] == 1 for i in ids)
     assert all("report.json" in statuses[i]["result"]["files"] for i in ids)
     assert "Traceback" not in text or "LeaseLost" not in text
 
