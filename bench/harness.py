@@ -117,15 +117,7 @@ class Side:
         self.api = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True,
                                     stdout=subprocess.DEVNULL, stderr=open(self.data_dir.parent / f"{self.name}-api.log", "ab"))
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.api.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} API did not start")
-            time.sleep(0.05)
+        wait_healthy(self.url, self.api, f"{self.name} API")
         if processes > 1:  # every process is up and done importing, not only the first one
             while len(_api_processes(self.api.pid)) < processes:
                 if time.monotonic() > deadline:
@@ -140,13 +132,8 @@ class Side:
                 before = now
 
     def stop_api(self) -> None:
-        if self.api and self.api.poll() is None:
-            os.killpg(self.api.pid, signal.SIGTERM)
-            try:
-                self.api.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.api.pid, signal.SIGKILL)
-                self.api.wait()
+        if self.api:
+            stop_group(self.api)
 
     def start_worker(self, extra_env: dict[str, str], n: int = 1) -> None:
         for i in range(n):
@@ -170,6 +157,31 @@ class Side:
     def stop(self) -> None:
         self.stop_workers()
         self.stop_api()
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """End a process started in a session of its own, and its children: TERM, then KILL."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
+    """Wait until ``url``/healthz answers 200; RuntimeError if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.05)
 
 
 def _api_processes(pid: int) -> list[int]:

@@ -1,6 +1,6 @@
 # Benchmarks (issue 8): pipeq against the plain FastAPI + RQ app in bench/baseline/, in one run.
 # Tables on stdout and in bench/results/tables.md, figures in bench/results/*.png; see docs/benchmarks.md.
-.PHONY: bench bench-deps bench-quick bench-profile
+.PHONY: bench bench-deps bench-quick bench-profile bench-s3
 
 bench-deps:
 	@PIPEQ_EXTRA_DEBS=wrk scripts/deps.sh
@@ -14,3 +14,6 @@ bench-quick: deps venv bench-deps ## a one-minute smoke run of the benchmarks (f
 bench-profile: venv ## pyinstrument profiles of the API's submission and status paths (bench/results/profile-*.txt)
 	$(PY) -m bench.profile_api --path submit --out bench/results/profile-submit.txt
 	$(PY) -m bench.profile_api --path status --out bench/results/profile-status.txt
+
+bench-s3: deps venv ## big uploads with object storage: POST /run_pipeline vs presigned vs plain boto3, 1 GB (~5 min; outside make test)
+	$(PY) -m bench.s3 $(BENCH_S3_ARGS)
