@@ -57,7 +57,7 @@ def allowed(url: str, settings: Settings) -> str | None:
     host = parts.hostname.lower() + (f":{port}" if port else "")
     if parts.scheme == "s3" and settings.storage.startswith("s3://"):
         own = urlsplit(settings.storage)
-        uploads = "/".join(p for p in (own.path.strip("/"), "uploads", "") if p)
+        uploads = "/".join(p for p in (own.path.strip("/"), "uploads") if p) + "/"
         if host == own.hostname and parts.path.lstrip("/").startswith(uploads):
             return None  # a presigned upload (POST /uploads) into the job store
     for entry in allow_list(settings):

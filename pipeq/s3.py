@@ -403,13 +403,13 @@ class S3Store:
         """Delete the objects of jobs that expired from Redis (their newest object older
         than ``older_than``) and presigned uploads as old, and abort multipart uploads left
         unfinished (by a crash, or an uploader gone) for ``uploads_older_than``."""
-        root = "/".join(p for p in (self.prefix, "jobs", "") if p)
+        root = "/".join(p for p in (self.prefix, "jobs") if p) + "/"
         now, newest = time.time(), {}
         for obj in self.keys_under(root):
             job_id = obj["Key"][len(root):].split("/", 1)[0]
             if storage.JOB_ID_RE.match(job_id):
                 newest[job_id] = max(newest.get(job_id, 0.0), obj["LastModified"].timestamp())
-        uploads = "/".join(p for p in (self.prefix, "uploads", "") if p)
+        uploads = "/".join(p for p in (self.prefix, "uploads") if p) + "/"
         old = [{"Key": o["Key"]} for o in self.keys_under(uploads) if now - o["LastModified"].timestamp() > older_than]
         for i in range(0, len(old), 1000):
             self._delete(old[i : i + 1000])

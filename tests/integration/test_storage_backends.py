@@ -313,3 +313,26 @@ def test_presigned_upload_then_a_submission_naming_it(client, backend, dataset, 
     assert bad.status_code == 422, bad.text
     too_big = client.post("/uploads", json={"filename": "x.fq", "size": backend.max_upload_bytes + 1})
     assert too_big.status_code == 413
+
+
+def test_the_log_of_a_running_job_is_there_while_it_runs(client, backend, dataset, workers, tmp_path):
+    backend.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
+    backend.log_upload_interval = 0.5
+    job_id = client.post("/run_pipeline", files=files_of(dataset)).json()["job_id"]
+    workers.start(PIPEQ_TEST_SLEEP=8)
+    wait_for(lambda: "PROGRESS 10 work started" in client.get(f"/jobs/{job_id}/log").text, timeout=30, what="the running job's log")
+    assert client.get(f"/job_status/{job_id}").json()["status"] == "started"
+    assert final(client, job_id)["status"] == "finished"
+    assert "PROGRESS 100 done" in client.get(f"/jobs/{job_id}/log").text
+
+
+def test_prune_removes_what_expired_and_keeps_the_rest(client, backend, dataset, conn):
+    store = client.app.state.store
+    kept = client.post("/run_pipeline", files=files_of(dataset)).json()["job_id"]
+    gone = client.post("/run_pipeline", files=files_of(dataset)).json()["job_id"]
+    conn.delete(f"rq:job:{gone}")  # its record expired from Redis
+    before = stored(backend)
+    assert any(gone in k for k in before) and any(kept in k for k in before)
+    assert store.prune(lambda job_id: conn.exists(f"rq:job:{job_id}"), older_than=-1) == [gone]
+    after = stored(backend)
+    assert not any(gone in k for k in after) and any(kept in k for k in after)
