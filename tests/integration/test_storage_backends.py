@@ -313,6 +313,11 @@ def test_presigned_upload_then_a_submission_naming_it(client, backend, dataset, 
     assert bad.status_code == 422, bad.text
     too_big = client.post("/uploads", json={"filename": "x.fq", "size": backend.max_upload_bytes + 1})
     assert too_big.status_code == 413
+    # uploaders that reach the store at another address get URLs signed for that address
+    backend.s3_public_endpoint = "http://store.example.org:9000"
+    up = client.post("/uploads", json={"filename": "x.fq", "size": 20 * 1024 * 1024}).json()
+    assert len(up["parts"]) == 3 and all(p["url"].startswith("http://store.example.org:9000/") for p in up["parts"])
+    assert "X-Amz-Signature=" in up["parts"][0]["url"] and "X-Amz-Algorithm=AWS4-HMAC-SHA256" in up["parts"][0]["url"]
 
 
 def test_the_log_of_a_running_job_is_there_while_it_runs(client, backend, dataset, workers, tmp_path):
