@@ -226,10 +226,12 @@ def test_api_during_stalls_answers_202_or_503_and_keeps_its_word(redis_proxy, co
 
     def stalls():
         rng = random.Random(3)
+        first = True  # one blackhole surely past the API's 5 s timeout: at least one 503
         while not done.is_set():
-            kind = rng.choice(["timeout", "latency"])
+            kind = "timeout" if first else rng.choice(["timeout", "latency"])
             with redis_proxy.toxic(kind, **({"timeout": 0} if kind == "timeout" else {"latency": rng.randint(1000, 3000)})):
-                done.wait(rng.uniform(2.0, 6.0))
+                done.wait(6.5 if first else rng.uniform(2.0, 6.0))
+            first = False
             done.wait(rng.uniform(0.3, 1.5))
 
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
@@ -261,7 +263,7 @@ def test_scaler_holds_workers_while_redis_stalls_and_recovers(redis_proxy, conn,
 
     settings.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
     settings.min_workers, settings.max_workers, settings.scale_down_delay = 0, 2, 0.5
-    env = settings_env(settings, PIPEQ_TEST_SLEEP=12)  # the workers talk to Redis directly
+    env = settings_env(settings, PIPEQ_TEST_SLEEP=30)  # busy throughout; the workers talk to Redis directly
     api_settings = settings.model_copy()
     settings.redis_url = redis_proxy.url
     sup = Supervisor(settings, env)
