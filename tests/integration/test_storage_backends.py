@@ -341,3 +341,32 @@ def test_prune_removes_what_expired_and_keeps_the_rest(client, backend, dataset,
     assert store.prune(lambda job_id: conn.exists(f"rq:job:{job_id}"), older_than=-1) == [gone]
     after = stored(backend)
     assert not any(gone in k for k in after) and any(kept in k for k in after)
+
+
+def test_store_down_while_a_job_runs_fails_it_and_keeps_its_inputs(settings, dataset, workers, tmp_path, monkeypatch, conn):
+    """A store of its own, stopped while the pipeline runs and started again (same folder)."""
+    from rq.job import Job
+
+    from tests.support.s3server import VersityGW
+
+    server = VersityGW(tmp_path / "own-s3").start()
+    try:
+        server.make_bucket("jobs")
+        for k, v in server.env().items():
+            monkeypatch.setenv(k, v)
+        settings.storage, settings.scratch_dir = "s3://jobs/p", tmp_path / "scratch"
+        settings.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
+        with TestClient(create_app(settings)) as client:
+            job_id = client.post("/run_pipeline", files=files_of(dataset)).json()["job_id"]
+            workers.start("w1", PIPEQ_TEST_SLEEP=4)
+            wait_for(lambda: client.get(f"/job_status/{job_id}").json()["stage"] == "work", timeout=30, what="the pipeline to run")
+            server.stop()
+            s = final(client, job_id, timeout=60)
+            assert s["status"] == "failed" and s["error"]["reason"] == "storage error", s
+            assert "cannot publish the results" in s["error"]["message"]
+            server.start()
+            Job.fetch(job_id, connection=conn).requeue()
+            s = final(client, job_id, timeout=60)
+            assert s["status"] == "finished" and s["attempt"] == 2, s
+    finally:
+        server.stop()
