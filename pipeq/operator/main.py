@@ -16,7 +16,8 @@ def parse(argv: list[str] | None = None) -> tuple[dict, bool]:
     """The keyword arguments of ``kopf.run`` for a command line, and whether to be verbose.
 
     Also puts ``--metrics-port`` into ``PIPEQ_OPERATOR_METRICS_PORT`` (read by the startup
-    handler, which serves ``/metrics`` there).
+    handler, which serves ``/metrics`` there) and the namespaces into
+    ``PIPEQ_OPERATOR_NAMESPACES`` (startup.configure decides kopf's scanning by them).
     """
     parser = argparse.ArgumentParser(prog="pipeq operator", description="Run the WorkerPool operator.")
     parser.add_argument("--namespace", "-n", action="append", default=[],
@@ -33,6 +34,8 @@ def parse(argv: list[str] | None = None) -> tuple[dict, bool]:
     parser.add_argument("--verbose", "-v", action="store_true", help="log kopf's own work too")
     args = parser.parse_args(argv)
     os.environ["PIPEQ_OPERATOR_METRICS_PORT"] = str(max(0, args.metrics_port))
+    # for startup.configure, which turns kopf's namespace scanning off for exact names
+    os.environ["PIPEQ_OPERATOR_NAMESPACES"] = ",".join(args.namespace)
     return dict(
         standalone=True,  # see startup.configure: one operator pod, no peering
         clusterwide=not args.namespace,

@@ -59,6 +59,12 @@ def configure(settings: kopf.OperatorSettings) -> None:
     # Bounded API requests: a hung request must not stall a pool's scaler.
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
+    # Watching named namespaces only (the chart's namespace scope): nothing to discover, so
+    # no scanning, which would list namespaces cluster-wide, a right the operator lacks
+    # there; kopf retried that for ~55 s at every start before serving any pool.
+    # Cluster-wide or with glob patterns, kopf scans (and the chart grants the right).
+    namespaces = [n for n in os.environ.get("PIPEQ_OPERATOR_NAMESPACES", "").split(",") if n]
+    settings.scanning.disabled = bool(namespaces) and not any(c in n for n in namespaces for c in "*?[!")
 
 
 def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger) -> None:

@@ -56,10 +56,13 @@ def test_service_accounts_have_only_the_rights_they_need(cluster, namespace):
             assert not can(who, "get", "secrets", "--all-namespaces")
 
         # the operator: what it needs
-        for verb, res in (("get", "workerpools.pipeq.dev"), ("watch", "workerpools.pipeq.dev"),
-                          ("patch", "workerpools.pipeq.dev/status"), ("create", "deployments.apps"),
-                          ("patch", "deployments.apps"), ("list", "pods"), ("patch", "pods"), ("create", "events")):
-            assert can("operator", verb, res), f"the operator cannot {verb} {res}"
+        # (a subresource is --subresource: can-i reads "deployments.apps/scale" as the
+        # Deployment named "scale", and said yes to a Role without the scale rule)
+        for args in (("get", "workerpools.pipeq.dev"), ("watch", "workerpools.pipeq.dev"),
+                     ("patch", "workerpools.pipeq.dev", "--subresource=status"), ("create", "deployments.apps"),
+                     ("patch", "deployments.apps"), ("patch", "deployments.apps", "--subresource=scale"),
+                     ("list", "pods"), ("patch", "pods"), ("create", "events")):
+            assert can("operator", *args), f"the operator cannot {' '.join(args)}"
         # ... the one Secret it is given, for a pool's redis.secretRef, by name ...
         assert can("operator", "get", "secrets/pool-redis")
         assert not can("operator", "get", "secrets/pool-redis", ns="default")

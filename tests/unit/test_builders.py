@@ -177,6 +177,23 @@ def test_command_line_maps_to_kopf_run(monkeypatch):
     assert parse(["--liveness="])[0]["liveness_endpoint"] is None
 
 
+def test_exact_namespaces_turn_kopf_scanning_off(monkeypatch):
+    """A namespace-scoped operator may not list namespaces: kopf must not try (it retried
+    for ~55 s on a real cluster before serving a pool); patterns and cluster-wide scan."""
+    import kopf
+
+    from pipeq.operator.main import parse
+    from pipeq.operator.startup import configure
+
+    monkeypatch.setenv("PIPEQ_OPERATOR_METRICS_PORT", "")
+    monkeypatch.setenv("PIPEQ_OPERATOR_NAMESPACES", "")
+    for argv, disabled in ((["-n", "pipeq"], True), (["-n", "a", "-n", "b"], True), (["-n", "team-*"], False), ([], False)):
+        parse(argv)
+        settings = kopf.OperatorSettings()
+        configure(settings)
+        assert settings.scanning.disabled is disabled, argv
+
+
 def test_finalizer_removal_tests_the_entry_it_removes():
     from pipeq.operator.builders import FINALIZER, finalizer_removal
 
