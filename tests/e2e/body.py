@@ -1,5 +1,5 @@
 """The end-to-end test body, shared by the test control plane run (tests/cluster/test_e2e.py)
-and `make e2e-kind` (scripts/e2e-kind.sh): only HTTP to the API and kubectl."""
+and the kind suite (tests/kind/test_kind.py): only HTTP to the API and kubectl."""
 
 from __future__ import annotations
 
