@@ -28,7 +28,8 @@ from starlette.requests import Request
 
 from pipeq.store import Sink
 
-SPOOL_BYTES = 1 << 20  # a file part larger than this goes to disk
+SPOOL_BYTES = 1 << 20  # a file part larger than this goes to its sink
+SINK_BATCH = 1 << 20  # bytes handed to a sink per trip to the thread pool
 MAX_PARTS = 32
 MAX_HEADER_BYTES = 16 * 1024  # the headers of one part, or a preamble before the first part
 MAX_FIELD_BYTES = 64 * 1024  # the value of a plain (non-file) field
@@ -47,7 +48,7 @@ class Rejected(Exception):
 class Part:
     """One part of the form: a plain field (``filename`` is None) or a file."""
 
-    __slots__ = ("name", "filename", "size", "sink", "stored_name", "_chunks")
+    __slots__ = ("name", "filename", "size", "sink", "stored_name", "_chunks", "_pending")
 
     def __init__(self, name: str, filename: str | None):
         self.name, self.filename = name, filename
@@ -55,6 +56,7 @@ class Part:
         self.sink: Sink | None = None  # where the part went once it outgrew memory
         self.stored_name: str | None = None  # the name the caller's spool gave it
         self._chunks: list[bytes] = []
+        self._pending = 0  # bytes in _chunks not yet handed to the sink
 
     @property
     def data(self) -> bytes:
@@ -161,25 +163,36 @@ async def _parse(chunks, delim: bytes, parts: list[Part], spool: Spool, max_file
                 break
             await fill()
         if part.sink is not None:
-            await run_in_threadpool(part.sink.close)
+            await run_in_threadpool(_finish, part)
 
 
 async def _keep(part: Part, piece: bytes, spool: Spool) -> None:
+    part._chunks.append(piece)
     if part.sink is None and part.size > SPOOL_BYTES and part.filename is not None:
-        # outgrew memory: from now on the part goes to its sink (written off the event loop)
+        # outgrew memory: from now on the part goes to its sink (written off the event loop,
+        # a megabyte per trip: one per network chunk cost a second of CPU per GB)
         part.sink = await run_in_threadpool(_spool, spool, part)
-    if part.sink is not None:
-        await run_in_threadpool(part.sink.write, piece)
-    else:
-        part._chunks.append(piece)
+    elif part.sink is not None:
+        part._pending += len(piece)
+        if part._pending >= SINK_BATCH:
+            await run_in_threadpool(_drain, part)
 
 
 def _spool(spool: Spool, part: Part) -> Sink:
-    sink = spool(part)
+    part.sink = spool(part)
+    _drain(part)
+    return part.sink
+
+
+def _drain(part: Part) -> None:
     for chunk in part._chunks:
-        sink.write(chunk)
-    part._chunks = []
-    return sink
+        part.sink.write(chunk)
+    part._chunks, part._pending = [], 0
+
+
+def _finish(part: Part) -> None:
+    _drain(part)
+    part.sink.close()
 
 
 def _part(raw: bytes) -> Part:
