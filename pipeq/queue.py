@@ -18,6 +18,10 @@ from rq.registry import StartedJobRegistry
 
 #: The queue of the API, the workers and a WorkerPool that name none.
 DEFAULT_QUEUE = "pipeline_tasks"
+#: Pub/sub channel on which every enqueue names its queue, in the enqueue's transaction: the
+#: operator's scalers wake on it instead of waiting for their next poll (a signal, not a
+#: source of truth: a subscriber that misses one still sees the job at that poll).
+ENQUEUED_CHANNEL = "pipeq:enqueued"
 #: How long a clean-up may hold the queue's cleaning lock (see ``cleaning``).
 CLEAN_LOCK_SECONDS = 10
 #: The field a pipeq worker sets in its RQ worker hash while it runs a job (value: job_id).
@@ -94,6 +98,7 @@ def enqueue_run(
         )
         p.zadd(JOBS_INDEX, {job_id: now})
         p.zremrangebyscore(JOBS_INDEX, 0, now - ttl)
+        p.publish(ENQUEUED_CHANNEL, queue_name)
         try:
             p.execute()
         except redis.RedisError as e:

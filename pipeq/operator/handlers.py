@@ -58,8 +58,7 @@ def pool_pods(namespace, name, labels, meta, **_: Any):
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_backoff=2, cancellation_timeout=5)
 def autoscale(stopped: kopf.DaemonStopped, body: kopf.Body, name: str, namespace: str, memo: kopf.Memo,
               logger, pool_deployments: kopf.Index, pool_pods: kopf.Index, **_: Any) -> None:
-    scaler.serve(stopped, body, scaler.PoolScaler(namespace, name, memo.kube, memo.redis_url, logger),
-                 memo, pool_deployments, pool_pods)
+    scaler.serve(stopped, body, namespace, name, memo, logger, pool_deployments, pool_pods)
 
 
 @kopf.on.cleanup()

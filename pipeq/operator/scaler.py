@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import threading
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ import redis
 from pipeq import queue, scaling
 from pipeq.operator import builders, deployment, metrics
 from pipeq.operator.kube import FIELD_MANAGER, GROUP, PLURAL, VERSION, Kube
+from pipeq.operator.signals import Signals
 
 #: how long our own replica write wins over the (maybe not yet updated) Deployment index
 BELIEF_SECONDS = 5.0
@@ -27,6 +29,8 @@ MISSING_DEPLOYMENT_SECONDS = 10.0
 #: how long the Redis URL read from a pool's Secret is used before it is read again (a
 #: rotated Secret is followed within this), and how soon a failed read is tried again
 SECRET_SECONDS, SECRET_RETRY_SECONDS = 30.0, 5.0
+#: how soon a daemon waiting for its next poll notices that its pool is gone
+STOP_CHECK_SECONDS = 1.0
 
 
 def _now_iso() -> str:
@@ -40,9 +44,14 @@ class SecretUnreadable(Exception):
 class PoolScaler:
     """The state one pool's daemon carries between polls."""
 
-    def __init__(self, namespace: str, name: str, kube: Kube, default_redis_url: str, logger) -> None:
+    def __init__(self, namespace: str, name: str, kube: Kube, default_redis_url: str, logger,
+                 signals: Signals | None = None) -> None:
         self.namespace, self.name, self.logger = namespace, name, logger
         self.kube, self.default_redis_url = kube, default_redis_url
+        #: set by an enqueue on the pool's queue (signals) or by nothing: the poll goes on
+        self.wake = threading.Event()
+        self.signals = signals
+        self.watching: tuple[str, str] | None = None  # the (Redis URL, queue) signals wake us for
         self.conn: redis.Redis | None = None
         self.conn_url: str | None = None
         self.lower_since: float | None = None
@@ -66,6 +75,20 @@ class PoolScaler:
             # short timeouts: a poll must never hang for long on a dead Redis
             self.conn, self.conn_url = queue.connect(url, timeout=2.0), url
         return self.conn
+
+    def follow(self, url: str, queue_name: str) -> None:
+        """Be woken by enqueues on ``queue_name`` at ``url`` (and no longer by the previous
+        pair, after a spec change or a rotated Secret)."""
+        if self.signals is None or self.watching == (url, queue_name):
+            return
+        self.unfollow()
+        self.signals.watch(url, queue_name, self.wake)
+        self.watching = (url, queue_name)
+
+    def unfollow(self) -> None:
+        if self.signals is not None and self.watching is not None:
+            self.signals.unwatch(*self.watching, self.wake)
+            self.watching = None
 
     def redis_url(self, spec: dict) -> str:
         """The URL to poll: the pool's, or the one in the Secret its redis.secretRef names
@@ -111,7 +134,9 @@ class PoolScaler:
 
         # 1. Redis: one round trip, and requeue what dead workers left.
         try:
-            conn = self.connection(self.redis_url(spec))
+            url = self.redis_url(spec)
+            conn = self.connection(url)
+            self.follow(url, s["queue"])
             stats = queue.queue_stats(conn, s["queue"])
             if stats.expired:
                 queue.reap_abandoned(conn, s["queue"])
@@ -266,23 +291,32 @@ class PoolScaler:
                 self.logger.warning("writing status: %s", e.reason)
 
 
-def serve(stopped: kopf.DaemonStopped, body: kopf.Body, scaler: PoolScaler, memo: kopf.Memo, deployments, pods) -> None:
-    """A pool's daemon: poll its queue every pollIntervalSeconds until the pool goes (``body``
-    is live: spec changes reach the next poll). The scaler is in ``memo.scalers`` meanwhile
-    (for the liveness probe) and the pool in ``memo.pools`` (its finalizer released on exit)."""
-    key = (scaler.namespace, scaler.name)
+def serve(stopped: kopf.DaemonStopped, body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, logger,
+          deployments, pods) -> None:
+    """A pool's daemon: decide at once when a job is enqueued on its queue, else every
+    pollIntervalSeconds, until the pool goes (``body`` is live: spec changes reach the next
+    poll). The scaler is in ``memo.scalers`` meanwhile (for the liveness probe) and the pool
+    in ``memo.pools`` (its finalizer released on exit)."""
+    scaler = PoolScaler(namespace, name, memo.kube, memo.redis_url, logger, memo.signals)
+    key = (namespace, name)
     memo.scalers[key] = scaler
     memo.pools.add(key)
     try:
         while not stopped:
+            # cleared before the poll: an enqueue during it makes the next one start at once
+            scaler.wake.clear()
             try:
                 scaler.step(body, deployments, pods)
             except Exception:  # one bad poll must not end the pool's scaling
-                scaler.logger.exception("poll failed")
-            stopped.wait(builders.pool_settings(body.get("spec") or {})["poll"])
+                logger.exception("poll failed")
+            deadline = time.monotonic() + builders.pool_settings(body.get("spec") or {})["poll"]
+            while not stopped and (left := deadline - time.monotonic()) > 0:
+                if scaler.wake.wait(min(left, STOP_CHECK_SECONDS)):
+                    break
     finally:
+        scaler.unfollow()
         memo.scalers.pop(key, None)
-        deployment.forget_lock(scaler.namespace, scaler.name)
-        metrics.forget(scaler.namespace, scaler.name)
+        deployment.forget_lock(namespace, name)
+        metrics.forget(namespace, name)
         if scaler.conn is not None:
             scaler.conn.close()

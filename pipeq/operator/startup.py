@@ -12,6 +12,7 @@ import kopf
 
 from pipeq.operator import builders, metrics
 from pipeq.operator.kube import Kube
+from pipeq.operator.signals import Signals
 from pipeq.settings import get_settings
 
 
@@ -76,6 +77,8 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger) -> None:
     memo.pools = set()
     # the pools' scalers by (namespace, name), for the liveness probe
     memo.scalers = {}
+    # the enqueue signals that wake the pools' scalers, one subscriber per Redis
+    memo.signals = Signals()
     # the Redis of pools that name none (and of their workers)
     memo.redis_url = get_settings().redis_url
     port = os.environ.get("PIPEQ_OPERATOR_METRICS_PORT")

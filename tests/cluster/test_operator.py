@@ -231,6 +231,18 @@ def test_replicas_follow_the_queue_up_at_once_and_down_after_the_delay(cluster, 
     assert f'pipeq_pool_scale_events_total{{direction="up",namespace="{pools.ns}",pool="pool"}}' in text
 
 
+def test_an_enqueue_wakes_the_scaler_long_before_its_poll(cluster, pools):
+    """The enqueue's signal, not the poll, scales: with a 60 s poll, a job enqueued after the
+    first poll gets its worker within seconds (the fallback poll would take up to a minute)."""
+    pools.create(maxReplicas=2, scaling={"pollIntervalSeconds": 60, "scaleDownDelaySeconds": 0})
+    wait_for(lambda: (pools.pool().get("status") or {}).get("conditions"), timeout=30, what="the first poll's status")
+    assert pools.replicas() == 0
+    t0 = time.monotonic()
+    pools.enqueue(1, n=2)
+    wait_for(lambda: pools.replicas() == 2, timeout=20, interval=0.02, what="2 replicas")
+    assert time.monotonic() - t0 < 20
+
+
 def test_scale_down_removes_idle_workers_and_every_job_finishes(cluster, pools):
     pools.create(maxReplicas=4, scaling={"pollIntervalSeconds": 0.2, "scaleDownDelaySeconds": 1})
     wait_for(lambda: pools.replicas() == 0, timeout=30, what="the worker Deployment")
