@@ -171,9 +171,13 @@ class PoolScaler:
             self.write_status(body, s, None, None, stats)
             return None
         self.missing_since = None
+        started = time.monotonic()
         with self.lock:
             decision = self.decide_and_scale(body, s, dep, pod_list, stats, redis_ok)
-        self.write_status(body, s, dep, decision, stats)
+        # A burst still arriving (this poll scaled, and a later enqueue has woken the next
+        # one): scale again first; the next poll writes the status.
+        if not (self.wake.is_set() and self.belief and self.belief[1] >= started):
+            self.write_status(body, s, dep, decision, stats)
         metrics.poll_seconds.observe(time.perf_counter() - t0)
         return decision
 
