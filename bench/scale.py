@@ -2,6 +2,8 @@
 
     $(scripts/venv.sh)/bin/python -m bench.scale [--bursts 25] [--burst-size 4] [--pools 50] [--idle-seconds 30]
 
+(``--pools 0``: the reaction only.)
+
 What it runs: etcd + kube-apiserver + kube-controller-manager and the process node
 (tests/support), a redis-server of its own, and the operator (``python -m pipeq.operator.main``)
 as a subprocess, all on this machine. Two measurements:
@@ -164,19 +166,24 @@ def bench_bursts(cluster, ns, redis_url, work, n: int, size: int) -> dict:
     cluster.apply(pool_manifest("burst", q, redis_url, work, scaling={"scaleDownDelaySeconds": 0}), namespace=ns)
     watch = ReplicaWatch(cluster, ns, "burst-workers")
     wait_for(lambda: watch.current() == 0, timeout=60, what="the burst pool's Deployment at 0")
-    reaction, full, enqueued = [], [], []
+    reaction, full, enqueued, reaction_own, full_own = [], [], [], [], []
     for i in range(n):
         time.sleep(random.uniform(0.5, 1.5))
         t0 = time.time()
+        done = []  # when each enqueue returned
         for _ in range(size):
             queue.enqueue_run(conn, q, uuid.uuid4().hex, {"reads": [], "reference": "r"}, meta={}, retries=0, ttl=60)
-        enqueued.append(time.time() - t0)
+            done.append(time.time())
+        enqueued.append(done[-1] - t0)
         t1 = watch.wait(lambda r: r > 0, since=t0)
         t2 = watch.wait(lambda r: r >= size, since=t0)
         if t1 is None or t2 is None:
             raise SystemExit(f"burst {i}: replicas never followed (seen {watch.seen[-5:]})")
         reaction.append(t1 - t0)
         full.append(t2 - t0)
+        # the operator's own share: from the enqueue it needed to the replicas
+        reaction_own.append(t1 - done[0])
+        full_own.append(t2 - done[-1])
         conn.delete(f"rq:queue:{q}")
         wait_for(lambda: watch.current() == 0, timeout=60, what="the pool back at 0")
     watch.close()
@@ -184,7 +191,11 @@ def bench_bursts(cluster, ns, redis_url, work, n: int, size: int) -> dict:
     return {"bursts": n, "burst_size": size,
             "reaction_p50": percentile(reaction, 50), "reaction_p95": percentile(reaction, 95),
             "full_p50": percentile(full, 50), "full_p95": percentile(full, 95), "full_max": max(full),
-            "enqueue_p50": percentile(enqueued, 50), "enqueue_p95": percentile(enqueued, 95)}
+            "enqueue_p50": percentile(enqueued, 50), "enqueue_p95": percentile(enqueued, 95),
+            "first_enqueued_to_reaction_p50": percentile(reaction_own, 50),
+            "first_enqueued_to_reaction_p95": percentile(reaction_own, 95),
+            "last_enqueued_to_full_p50": percentile(full_own, 50),
+            "last_enqueued_to_full_p95": percentile(full_own, 95)}
 
 
 def bench_idle(cluster, ns, redis_url, work, op: Operator, env: dict, log: Path, pools: int, seconds: float) -> dict:
@@ -254,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         op = Operator(env, log)
         bursts = bench_bursts(cluster, "bench", server.url, work, args.bursts, args.burst_size)
         cluster.kubectl("delete", "workerpool", "burst", "-n", "bench", "--timeout=60s")
-        idle = bench_idle(cluster, "bench", server.url, work, op, env, log, args.pools, args.idle_seconds)
+        idle = bench_idle(cluster, "bench", server.url, work, op, env, log, args.pools, args.idle_seconds) if args.pools else None
     finally:
         if op:
             op.stop()
@@ -270,13 +281,20 @@ def main(argv: list[str] | None = None) -> int:
         (f"burst → replicas = {bursts['burst_size']}, p95", f"{bursts['full_p95']:.3f} s"),
         (f"burst → replicas = {bursts['burst_size']}, max", f"{bursts['full_max']:.3f} s"),
         (f"the burst's own {bursts['burst_size']} enqueues, p50 / p95", f"{bursts['enqueue_p50']:.3f} s / {bursts['enqueue_p95']:.3f} s"),
-        (f"idle, {idle['pools']} pools: Redis commands/s", f"{idle['redis_cmds_per_s']:.1f}"),
-        ("idle: Redis round trips per pool per s", f"{idle['redis_round_trips_per_pool_per_s']:.2f}"),
-        ("idle: API requests/s on workerpools, deployments, pods, events", f"{idle['api_req_per_s_pool_resources']:.2f}"),
-        ("idle: API requests/s, all, with the operator", f"{idle['api_req_per_s_with_operator']:.2f}"),
-        ("idle: API requests/s, baseline without operator", f"{idle['api_req_per_s_baseline']:.2f}"),
-        ("idle: operator CPU", f"{idle['operator_cpu_percent']:.1f} %"),
+        ("first enqueue returned → first replica change, p50 / p95",
+         f"{bursts['first_enqueued_to_reaction_p50']:.3f} s / {bursts['first_enqueued_to_reaction_p95']:.3f} s"),
+        (f"last enqueue returned → replicas = {bursts['burst_size']}, p50 / p95",
+         f"{bursts['last_enqueued_to_full_p50']:.3f} s / {bursts['last_enqueued_to_full_p95']:.3f} s"),
     ]
+    if idle:
+        rows += [
+            (f"idle, {idle['pools']} pools: Redis commands/s", f"{idle['redis_cmds_per_s']:.1f}"),
+            ("idle: Redis round trips per pool per s", f"{idle['redis_round_trips_per_pool_per_s']:.2f}"),
+            ("idle: API requests/s on workerpools, deployments, pods, events", f"{idle['api_req_per_s_pool_resources']:.2f}"),
+            ("idle: API requests/s, all, with the operator", f"{idle['api_req_per_s_with_operator']:.2f}"),
+            ("idle: API requests/s, baseline without operator", f"{idle['api_req_per_s_baseline']:.2f}"),
+            ("idle: operator CPU", f"{idle['operator_cpu_percent']:.1f} %"),
+        ]
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  value")
     for k, v in rows:

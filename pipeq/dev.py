@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ import redis
 from pipeq import queue, scaling
 from pipeq.redis_server import RedisServer
 from pipeq.settings import get_settings
+from pipeq.signals import Signals
 from pipeq.worker.forkserver import ForkedWorker, ForkServer
 
 log = logging.getLogger("pipeq.dev")
@@ -165,14 +167,19 @@ def run_dev(embedded_redis: bool = True) -> int:
         "Ctrl-C stops everything",
         flush=True,
     )
+    # an enqueue wakes the loop at once; the poll is the fallback
+    wake, signals = threading.Event(), Signals()
+    signals.watch(settings.redis_url, settings.queue, wake)
     try:
         while not stop["now"]:
             if api.poll() is not None:
                 log.error("the API exited with code %s", api.returncode)
                 return 1
+            wake.clear()
             sup.step()
-            time.sleep(settings.poll_interval)
+            wake.wait(settings.poll_interval)
     finally:
+        signals.unwatch(settings.redis_url, settings.queue, wake)
         api.terminate()
         sup.stop_all()
         try:

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     max_workers: int = Field(scaling.MAX_WORKERS, ge=1, description="pipeq dev: most local workers.")
     jobs_per_worker: int = Field(scaling.JOBS_PER_WORKER, ge=1, description="Jobs one worker takes at a time (scaling divides the load by it).")
     scale_down_delay: float = Field(scaling.SCALE_DOWN_DELAY, ge=0, description="Seconds a lower worker count must hold before workers are removed.")
-    poll_interval: float = Field(scaling.POLL_INTERVAL, gt=0, description="Seconds between scaling decisions.")
+    poll_interval: float = Field(scaling.POLL_INTERVAL, gt=0, description="pipeq dev: seconds between scaling decisions when no enqueue wakes the supervisor sooner (every enqueue through pipeq does).")
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":

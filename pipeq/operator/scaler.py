@@ -20,7 +20,7 @@ import redis
 from pipeq import queue, scaling
 from pipeq.operator import builders, deployment, metrics
 from pipeq.operator.kube import FIELD_MANAGER, GROUP, PLURAL, VERSION, Kube
-from pipeq.operator.signals import Signals
+from pipeq.signals import Signals
 
 #: how long our own replica write wins over the (maybe not yet updated) Deployment index
 BELIEF_SECONDS = 5.0

@@ -12,7 +12,7 @@ import kopf
 
 from pipeq.operator import builders, metrics
 from pipeq.operator.kube import Kube
-from pipeq.operator.signals import Signals
+from pipeq.signals import Signals
 from pipeq.settings import get_settings
 
 

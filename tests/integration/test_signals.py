@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 
 from pipeq import queue
-from pipeq.operator.signals import Signals
+from pipeq.signals import Signals
 from tests.support.waiting import wait_for
 
 

@@ -1,4 +1,5 @@
-"""Enqueue signals: the operator wakes a pool's scaler the moment a job enters its queue.
+"""Enqueue signals: an autoscaler (the operator's pool scalers, `pipeq dev`'s supervisor) wakes
+the moment a job enters its queue.
 
 ``pipeq.queue.enqueue_run`` publishes the queue's name on ``queue.ENQUEUED_CHANNEL`` in the
 enqueue's own transaction. Here one subscriber thread per Redis URL (not per pool: every
@@ -25,7 +26,7 @@ RECONNECT_SECONDS = 1.0
 #: how often a subscriber looks whether it still has pools (it stops when it has none)
 IDLE_CHECK_SECONDS = 1.0
 
-log = logging.getLogger("pipeq.operator.signals")
+log = logging.getLogger("pipeq.signals")
 
 
 class Subscriber:
