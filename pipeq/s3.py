@@ -220,6 +220,8 @@ class S3Attempt:
             return False
         manifest = {"attempt": self.number, "folder": folder, "files": files, "summary": summary_of(self.workdir / "report.json")}
         self.store.write(self.store.key(self.job_id, "output.json"), json.dumps(manifest).encode())
+        with contextlib.suppress(Unavailable):  # what killed attempts left: the prune takes it otherwise
+            self.store.clear(self.store.key(self.job_id, "attempts") + "/", keep=self.store.key(self.job_id, folder) + "/")
         return True
 
     def sync_log(self) -> None:
@@ -287,6 +289,16 @@ class S3Store:
                 batch = []
         if batch:
             self._delete(batch)
+
+    def clear(self, prefix: str, keep: str) -> None:
+        """Delete the objects and abort the multipart uploads under ``prefix``, but those under ``keep``."""
+        stale = [{"Key": o["Key"]} for o in self.keys_under(prefix) if not o["Key"].startswith(keep)]
+        for i in range(0, len(stale), 1000):
+            self._delete(stale[i : i + 1000])
+        with errors(f"listing multipart uploads under {prefix}"):
+            for up in self.s3.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix).get("Uploads", []):
+                if not up["Key"].startswith(keep):
+                    self.s3.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
 
     def _delete(self, batch: list[dict]) -> None:
         with errors(f"deleting from s3://{self.bucket}"):

@@ -176,8 +176,11 @@ echo "end $$ $(date +%s.%N) $outdir" >> "$PIPEQ_TEST_TRACE"
     manifest = store.published(job_id)
     assert manifest == {"files": ["a-big.bin", "report.json"], "summary": {"variants": 1}}
     assert len([line for line in trace.read_text().splitlines() if line.startswith("end")]) == 2
-    # the killed worker's scratch (its 200 MB result) went when the next attempt started
+    # the killed worker's scratch (its 200 MB result) went when the next attempt started,
+    # and what it had uploaded went once attempt 2 published
     assert not (backend.scratch_dir / "first").exists()
+    assert not [k for k in stored(backend) if "/attempts/1/" in k], stored(backend)
+    assert [k for k in stored(backend) if "/attempts/2/" in k]
 
 
 def _closed_port() -> int:
