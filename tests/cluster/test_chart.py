@@ -106,8 +106,9 @@ def test_install_in_restricted_namespace_with_narrow_rbac_and_clean_uninstall(cl
     assert "FailedCreate" not in events, cluster.kubectl("get", "events", "-n", namespace).stdout
 
     cluster.helm("uninstall", release, "-n", namespace, "--wait")
+    # everything goes but the data PVC, kept on purpose (helm.sh/resource-policy: keep)
     wait_for(lambda: cluster.kubectl("get", "all,pvc,sa,role,rolebinding,secret,workerpools", "-n", namespace, "-l",
-                                     f"app.kubernetes.io/instance={release}", "-o", "name").stdout.strip() == "",
-             timeout=60, what="the release's objects to go")
+                                     f"app.kubernetes.io/instance={release}", "-o", "name").stdout.split()
+             == [f"persistentvolumeclaim/{release}-pipeq-data"], timeout=60, what="the release's objects to go")
     cluster_objs = cluster.kubectl("get", "clusterrole,clusterrolebinding", "-o", "name").stdout
     assert release not in cluster_objs

@@ -43,8 +43,8 @@ def test_helm_install_run_scale_and_uninstall(cluster, namespace, redis_server, 
         "custom-columns=KIND:.kind,NAME:.metadata.name,DELETING:.metadata.deletionTimestamp,FINALIZERS:.metadata.finalizers", check=False).stdout
     wait_for(lambda: not [k for k in cluster.node.processes() if k[0] == namespace], timeout=60, what="every pod process to end")
 
-    def left():  # the namespace's own default ServiceAccount is not ours
+    def left():  # the namespace's own default ServiceAccount is not ours; the data PVC is kept on purpose
         names = cluster.kubectl("get", "deployments,pods,workerpools,sa,roles,rolebindings,secrets,pvc", "-n", namespace, "-o", "name").stdout.split()
-        return [n for n in names if n != "serviceaccount/default"]
+        return [n for n in names if n != "serviceaccount/default" and not n.endswith("-data")]
 
     wait_for(lambda: left() == [], timeout=60, what=f"nothing of the release left (still {left()})")
