@@ -2,57 +2,91 @@
 (tests/support/kind.py), deleted at the end, and the Docker daemon stopped if the suite
 started it.
 
+The cluster comes up in the background while the rest of the session's tests run (making
+it takes a few minutes, most of them waiting on the node), so a whole `make test` does not
+wait for it in line.
+
 With CI=true the suite must run: a Docker that cannot be started fails it. Elsewhere it
 skips, saying why, only where no Docker can be started."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
+import threading
+from pathlib import Path
 
 import pytest
 
 from tests.support.kind import KindCluster, KindUnavailable, docker_down, docker_up, prepare
 
-_docker = {"started": False, "unavailable": None, "error": None}
+_state: dict = {"started": False, "unavailable": None, "error": None, "cluster": None, "thread": None,
+                "workdir": None}
+
+
+def _is_kind(item) -> bool:
+    return "tests/kind/" in item.nodeid.replace(os.sep, "/")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Start Docker and build what the cluster needs (the node image, pipeq's images) before
-    any test starts: a cold build (tens of minutes, once) would run into the per-test timeout."""
-    selected = [i for i in items if "tests/kind/" in i.nodeid.replace(os.sep, "/")]
-    for item in selected:
-        item.add_marker(pytest.mark.kind)
-    if not selected:
+    for item in items:
+        if _is_kind(item):
+            item.add_marker(pytest.mark.kind)
+
+
+def pytest_collection_finish(session):
+    """Once the tests to run are known: start Docker, build what the cluster needs (the node
+    image, pipeq's images: a cold build takes tens of minutes once, more than a test's
+    timeout), then bring the cluster up in a thread."""
+    if not any(_is_kind(i) for i in session.items):
         return
     try:
-        _docker["started"] = docker_up()
+        _state["started"] = docker_up()
         print("\npipeq: preparing the kind suite (node image, images: cached after the first run)...",
               file=sys.stderr, flush=True)
         prepare()
     except KindUnavailable as e:
-        _docker["unavailable"] = str(e)
+        _state["unavailable"] = str(e)
+        return
     except Exception as e:  # noqa: BLE001  (reported by the fixture, on each test)
-        _docker["error"] = f"{type(e).__name__}: {e}"
+        _state["error"] = f"{type(e).__name__}: {e}"
+        return
+    _state["workdir"] = Path(tempfile.mkdtemp(prefix="pipeq-kind-"))
+    cluster = KindCluster("pipeq-test", _state["workdir"])
+
+    def bring_up():
+        try:
+            cluster.up()
+            _state["cluster"] = cluster
+        except Exception as e:  # noqa: BLE001
+            _state["error"] = f"{type(e).__name__}: {e}"
+            cluster.delete()
+
+    _state["thread"] = threading.Thread(target=bring_up, name="kind-up", daemon=True)
+    _state["thread"].start()
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _docker["started"]:
+    if _state["thread"] is not None:
+        _state["thread"].join(timeout=900)
+        if _state["cluster"] is not None and os.environ.get("PIPEQ_KEEP_KIND") != "1":
+            _state["cluster"].delete()
+        if _state["workdir"] and os.environ.get("PIPEQ_KEEP_KIND") != "1":
+            shutil.rmtree(_state["workdir"], ignore_errors=True)
+    if _state["started"]:
         docker_down()
 
 
 @pytest.fixture(scope="session")
-def kind(tmp_path_factory):
-    if _docker["unavailable"]:
+def kind():
+    if _state["unavailable"]:
         if os.environ.get("CI") == "true":
-            pytest.fail(f"the kind suite must run on CI: {_docker['unavailable']}")
-        pytest.skip(f"the kind suite needs Docker: {_docker['unavailable']}")
-    if _docker["error"]:
-        pytest.fail(f"preparing the kind suite failed: {_docker['error']}")
-    cluster = KindCluster("pipeq-test", tmp_path_factory.mktemp("kind"))
-    try:
-        cluster.up()
-        yield cluster
-    finally:
-        if os.environ.get("PIPEQ_KEEP_KIND") != "1":
-            cluster.delete()
+            pytest.fail(f"the kind suite must run on CI: {_state['unavailable']}")
+        pytest.skip(f"the kind suite needs Docker: {_state['unavailable']}")
+    if _state["thread"] is not None:
+        _state["thread"].join(timeout=900)
+    if _state["error"] or _state["cluster"] is None:
+        pytest.fail(f"the kind cluster could not be made ready: {_state['error'] or 'it took over 15 minutes'}")
+    yield _state["cluster"]
