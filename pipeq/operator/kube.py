@@ -57,7 +57,10 @@ class Kube:
                 patch = builders.finalizer_removal(obj["metadata"].get("finalizers"))
                 if patch is None:
                     return None
-                self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch)
+                # a JSON patch, said so: the client (kubernetes 36) sends custom objects'
+                # patches as merge patches, and the API server refuses a list as one (400)
+                self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch,
+                                                           _content_type="application/json-patch+json")
                 return None
             except self.ApiException as e:
                 if e.status == 404:
