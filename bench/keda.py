@@ -37,7 +37,8 @@ NS = "bench"
 
 
 def keda_module_dir() -> Path:
-    out = subprocess.run(["go", "list", "-m", "-json", "github.com/kedacore/keda/v2"], cwd=ROOT / "tools" / "keda",
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    out = subprocess.run([go, "list", "-m", "-json", "github.com/kedacore/keda/v2"], cwd=ROOT / "tools" / "keda",
                          capture_output=True, text=True, check=True).stdout
     return Path(json.loads(out)["Dir"])
 
@@ -86,7 +87,9 @@ def bursts(cluster, conn, redis_addr, work, polling: int, n: int, size: int) -> 
     wait_for(lambda: watch.current() == 0, timeout=60, what=f"{name} at 0")
     first = []
     for i in range(n):
-        time.sleep(random.uniform(0.5, 1.5))
+        # KEDA's scale back to 0 happens at one of its polls: a pause of a random share of the
+        # interval puts the burst at a random phase of the next one
+        time.sleep(random.uniform(0.5, 1.5) + random.uniform(0, polling))
         t0 = time.time()
         for _ in range(size):
             queue.enqueue_run(conn, q, uuid.uuid4().hex, {"reads": [], "reference": "r"}, meta={}, retries=0, ttl=60)

@@ -1,6 +1,6 @@
 # Benchmarks (issue 8): pipeq against the plain FastAPI + RQ app in bench/baseline/, in one run.
 # Tables on stdout and in bench/results/tables.md, figures in bench/results/*.png; see docs/benchmarks.md.
-.PHONY: bench bench-deps bench-quick bench-profile bench-s3
+.PHONY: bench bench-deps bench-quick bench-profile bench-s3 bench-scale bench-keda
 
 bench-deps:
 	@PIPEQ_EXTRA_DEBS=wrk scripts/deps.sh
@@ -17,3 +17,9 @@ bench-profile: venv ## pyinstrument profiles of the API's submission and status 
 
 bench-s3: deps venv ## big uploads with object storage: POST /run_pipeline vs presigned vs plain boto3, 1 GB (~5 min; outside make test)
 	$(PY) -m bench.s3 $(BENCH_S3_ARGS)
+
+bench-scale: deps venv tools ## the operator's reaction to bursts and its idle cost with 50 pools, on the test control plane (~5 min; BENCH_SCALE_ARGS=--tmpfs)
+	$(PY) -m bench.scale $(BENCH_SCALE_ARGS)
+
+bench-keda: deps venv tools ## KEDA 2.21 (tools/keda, built once: ~30 min) on the same bursts: burst → first replica at pollingInterval 1 and 30 (outside make test)
+	$(PY) -m bench.keda $(BENCH_KEDA_ARGS)
