@@ -261,7 +261,8 @@ def test_scale_down_removes_idle_workers_and_every_job_finishes(cluster, pools):
     wait_for(lambda: [p["metadata"]["name"] for p in pools.pods()] == [keeper], timeout=30,
              what="only the busy worker's pod left")
     assert pools.status(long_job) == "started"
-    assert pools.pool()["status"]["busy"] == 1
+    # the status is written after the decision that changed it: wait for it, not a snapshot
+    wait_for(lambda: (pools.pool().get("status") or {}).get("busy") == 1, timeout=10, what="status.busy 1")
     wait_for(lambda: pools.status(long_job) == "finished", timeout=60, what="the long job finished on its worker")
     wait_for(lambda: pools.replicas() == 0, timeout=20, what="scale to zero")
     assert pools.status(long_job) == "finished" and all(pools.status(j) == "finished" for j in short)
