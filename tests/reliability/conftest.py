@@ -51,3 +51,23 @@ def redis_proxy(toxiproxy, redis_server):
     proxy = toxiproxy.proxy(f"redis-{os.getpid()}-{id(redis_server)}-{os.urandom(3).hex()}", upstream=redis_server.port)
     yield proxy
     proxy.delete()
+
+
+@pytest.fixture
+def pools(cluster, namespace, redis_server, conn, tmp_path):
+    """The WorkerPool CRD, a running operator and ``Pools`` of tests/cluster/test_operator.py,
+    on the session's Redis; the pools are deleted and the operator stopped at the end."""
+    from tests.cluster.test_operator import CRD, Operator, Pools
+    from tests.support.cluster import wait_for
+
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/workerpools.pipeq.dev", "--timeout=30s")
+    op = Operator(dict(cluster.env(), PIPEQ_REDIS_URL=redis_server.url), tmp_path / "operator.log")
+    p = Pools(cluster, namespace, redis_server.url, tmp_path)
+    try:
+        wait_for(op.alive, timeout=30, what="the operator's liveness endpoint")
+        yield p
+    finally:
+        cluster.kubectl("delete", "workerpools", "--all", "-n", namespace, "--timeout=60s", check=False)
+        op.stop()
+        p.conn.close()

@@ -12,25 +12,9 @@ import time
 import pytest
 from rq.job import Job
 
-from tests.cluster.test_operator import CRD, Operator, Pools
 from tests.support.cluster import wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.cluster]
-
-
-@pytest.fixture
-def pools(cluster, namespace, redis_server, conn, tmp_path):  # noqa: F811
-    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/workerpools.pipeq.dev", "--timeout=30s")
-    op = Operator(dict(cluster.env(), PIPEQ_REDIS_URL=redis_server.url), tmp_path / "operator.log")
-    p = Pools(cluster, namespace, redis_server.url, tmp_path)
-    try:
-        wait_for(op.alive, timeout=30, what="the operator's liveness endpoint")
-        yield p
-    finally:
-        cluster.kubectl("delete", "workerpools", "--all", "-n", namespace, "--timeout=60s", check=False)
-        op.stop()
-        p.conn.close()
 
 
 def test_scale_down_under_load_interrupts_no_job(cluster, pools):  # noqa: F811
