@@ -43,7 +43,7 @@ scripts/docker.sh base >&2
 # Everything the image is made from: these scripts and files, every Go module's go.mod/go.sum
 # (the kind version among them), the pause source, and the base image's id (which stands for
 # scripts/docker.sh's part).
-inputs=(scripts/kind-node-image.sh tools/build.sh tools/gobuild.sh
+inputs=(scripts/kind-node-image.sh tools/build.sh tools/gobuild.sh tools/cache.sh
         tools/go.mod tools/go.sum tools/kind-node/* tools/pause/main.go
         tools/{kind,coredns,local-path-provisioner,pause}/go.mod
         tools/{kind,coredns,local-path-provisioner}/go.sum)

@@ -6,8 +6,8 @@
 # Kubernetes module, whose replace block pins every k8s.io staging module) gets its own
 # module tools/<name>/go.mod listing its mains as `tool` directives; this script builds
 # them all with `go install tool` into the cache, outside the checkout, keyed by the name
-# and a hash of go.mod (as `go mod edit -json` reads it), go.sum and BUILD_REV, so a fresh
-# clone on the same machine (CI) reuses them at once.
+# and a hash of go.mod (as `go mod edit -json` reads it), go.sum and BUILD_REV (tools/cache.sh,
+# shared with tools/build.sh), so a fresh clone on the same machine (CI) reuses them at once.
 #
 #   tools/gobuild.sh NAME            # ensure built, print the bin directory
 #   tools/gobuild.sh NAME --check    # print it; exit 0 if built, 1 if not (never builds)
@@ -20,27 +20,13 @@ command -v go >/dev/null || PATH="$PATH:/usr/local/go/bin"
 command -v go >/dev/null || { echo "tools/gobuild.sh: no go on PATH (Go >= 1.26 is needed)" >&2; exit 1; }
 # Bump when the recipe changes in a way go.mod/go.sum don't show.
 BUILD_REV=1
-# a module without dependencies (tools/pause) has no go.sum
-hash=$( { echo "$BUILD_REV"; go mod edit -json; cat go.sum 2>/dev/null || true; } | sha256sum | cut -c1-10)
-cache=${PIPEQ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pipeq}
-dir="$cache/tool-$name-$hash"
-bin="$dir/bin"
-if [ -f "$dir/.complete" ]; then echo "$bin"; exit 0; fi
-if [ "${2:-}" = "--check" ]; then echo "$bin"; exit 1; fi
+. ../cache.sh
+hash=$(module_hash "$BUILD_REV" 10)
+cache=$(cache_root)
 
-mkdir -p "$cache"
-exec 9>"$cache/tool-$name.lock"
-flock 9
-if [ -f "$dir/.complete" ]; then echo "$bin"; exit 0; fi
-echo "pipeq: building test tool module tools/$name into $dir (once)" >&2
-start=$(date +%s)
-rm -rf "$dir" "$dir.tmp"
-mkdir -p "$dir.tmp/bin"
-export CGO_ENABLED=${CGO_ENABLED:-0}
-export GOFLAGS="-trimpath -buildvcs=false -mod=readonly"
-GOBIN="$dir.tmp/bin" go install -ldflags="-s -w ${PIPEQ_GO_LDFLAGS:-}" tool >&2
-echo "go=$(go env GOVERSION) seconds=$(( $(date +%s) - start ))" > "$dir.tmp/BUILDINFO"
-mv "$dir.tmp" "$dir"
-touch "$dir/.complete"
-echo "pipeq: built tools/$name in $(( $(date +%s) - start ))s: $bin" >&2
-echo "$bin"
+build() { # TMP: fill TMP/bin
+  export CGO_ENABLED=${CGO_ENABLED:-0}
+  export GOFLAGS="-trimpath -buildvcs=false -mod=readonly"
+  GOBIN="$1/bin" go install -ldflags="-s -w ${PIPEQ_GO_LDFLAGS:-}" tool
+}
+cached_bin "$cache/tool-$name-$hash" "$cache/tool-$name.lock" "${2:-}" "test tool module tools/$name" build
