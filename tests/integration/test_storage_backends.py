@@ -184,7 +184,7 @@ echo "end $$ $(date +%s.%N) $outdir" >> "$PIPEQ_TEST_TRACE"
 
 
 def _closed_port() -> int:
-    from tests.support.s3server import free_port
+    from tests.support.servers import free_port
 
     return free_port()
 

@@ -36,11 +36,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def toxiproxy():
+def toxiproxy(tmp_path_factory):
     """A toxiproxy-server (tests/support/toxiproxy.py) on a free port, for the session."""
     from tests.support.toxiproxy import Toxiproxy
 
-    server = Toxiproxy().start()
+    server = Toxiproxy(tmp_path_factory.mktemp("toxiproxy")).start()
     yield server
     server.stop()
 

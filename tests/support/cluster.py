@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -40,29 +39,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.support.servers import Process, free_port, port_open  # noqa: F401  (free_port: re-exported for the cluster tests)
 from tests.support.waiting import wait_for  # noqa: F401  (re-exported for the cluster tests)
 
 ROOT = Path(__file__).resolve().parents[2]
-SETPRIV = shutil.which("setpriv")
 
 
 class ClusterError(RuntimeError):
     pass
-
-
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def tools_bin_dir(build: bool = True) -> Path:
@@ -147,54 +131,6 @@ def write_kubeconfig(path: Path, server: str, pki: Path) -> None:
     tmp.replace(path)
 
 
-class _Proc:
-    """One control-plane process, in its own process group, output to a log file."""
-
-    def __init__(self, name: str, argv: list[str], log: Path):
-        self.name, self.argv, self.log = name, argv, log
-        self.popen: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        prefix = [SETPRIV, "--pdeathsig", "KILL", "--"] if SETPRIV else []
-        with open(self.log, "ab") as out:
-            out.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(self.argv)}\n".encode())
-            out.flush()
-            # own session: a signal to the group reaches everything it started; pdeathsig:
-            # if the test process dies hard, the kernel kills this one too.
-            self.popen = subprocess.Popen(prefix + self.argv, stdin=subprocess.DEVNULL, stdout=out,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def stop(self, grace: float = 10.0) -> None:
-        p = self.popen
-        if p is None:
-            return
-        if p.poll() is None:
-            _signal_group(p.pid, signal.SIGTERM)
-            try:
-                p.wait(grace)
-            except subprocess.TimeoutExpired:
-                _signal_group(p.pid, signal.SIGKILL)
-                p.wait(10)
-        # anything it left in its group goes too
-        _signal_group(p.pid, signal.SIGKILL)
-
-    def tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 class Cluster:
     """etcd + kube-apiserver + kube-controller-manager on loopback; see the module docstring."""
 
@@ -206,7 +142,7 @@ class Cluster:
         self.pki = self.workdir / "pki"
         self.logs = self.workdir / "logs"
         self.data_dir: Path | None = None
-        self.procs: list[_Proc] = []
+        self.procs: list[Process] = []
         self.ports: dict[str, int] = {}
         self.server = ""
         self.node = None  # a ProcessNode, when the caller starts one (the pytest fixture does)
@@ -265,25 +201,10 @@ class Cluster:
         self.stop()
 
     # ---- components ------------------------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str]) -> _Proc:
-        p = _Proc(name, argv, self.logs / f"{name}.log")
+    def _spawn(self, name: str, argv: list[str]) -> Process:
+        p = Process(name, argv, self.logs / f"{name}.log").start()
         self.procs.append(p)
-        p.start()
         return p
-
-    def _wait(self, proc: _Proc, what: str, check, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            if not proc.alive():
-                raise ClusterError(f"{proc.name} exited ({proc.popen.returncode}) before {what}:\n{proc.tail()}")
-            try:
-                if check():
-                    return
-            except Exception as e:  # not up yet
-                last = e
-            time.sleep(0.2)
-        raise ClusterError(f"{proc.name}: no {what} after {timeout:.0f}s (last: {last!r}):\n{proc.tail()}")
 
     def _start_etcd(self, timeout: float) -> None:
         client, peer = free_port(), free_port()
@@ -306,7 +227,7 @@ class Cluster:
             with urllib.request.urlopen(self.etcd_url + "/health", timeout=2) as r:
                 return json.load(r).get("health") == "true"
 
-        self._wait(p, "etcd health", healthy, timeout)
+        p.wait_until(healthy, "etcd health", timeout, interval=0.2)
 
     def _start_apiserver(self, timeout: float) -> None:
         port = free_port()
@@ -341,7 +262,7 @@ class Cluster:
             with urllib.request.urlopen(self.server + "/readyz", timeout=3, context=ctx) as r:
                 return r.status == 200
 
-        self._wait(p, "API readiness (/readyz)", ready, timeout)
+        p.wait_until(ready, "API readiness (/readyz)", timeout, interval=0.2)
         self._ssl = ctx
 
     def _start_controller_manager(self, timeout: float) -> None:
@@ -373,7 +294,7 @@ class Cluster:
             r = self.kubectl("get", "serviceaccount", "default", "-n", "default", "-o", "name", check=False)
             return r.returncode == 0
 
-        self._wait(p, "the default ServiceAccount (controllers running)", default_sa, timeout)
+        p.wait_until(default_sa, "the default ServiceAccount (controllers running)", timeout, interval=0.2)
 
     # ---- clients ---------------------------------------------------------------------------
     def env(self) -> dict[str, str]:

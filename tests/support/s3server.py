@@ -8,10 +8,10 @@ free loopback port over a temporary folder (one sub-folder per bucket) and stops
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import time
 from pathlib import Path
+
+from tests.support.servers import Process, free_port, port_open
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCESS_KEY = "pipeq-test"
@@ -25,19 +25,13 @@ def versitygw_bin() -> Path:
     return Path(out.stdout.strip().splitlines()[-1]) / "versitygw"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class VersityGW:
     """``versitygw posix`` on 127.0.0.1:<free port>, serving the folders under ``root``."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
         self.port = free_port()
-        self.proc: subprocess.Popen | None = None
+        self.proc: Process | None = None
 
     @property
     def url(self) -> str:
@@ -57,45 +51,23 @@ class VersityGW:
         data, sidecar = self.root / "data", self.root / "meta"
         data.mkdir(parents=True, exist_ok=True)
         sidecar.mkdir(exist_ok=True)
-        self.log = open(self.root / "versitygw.log", "ab")
-        self.proc = subprocess.Popen(
-            [
-                str(versitygw_bin()),
-                "--port", f"127.0.0.1:{self.port}",
-                "--access", ACCESS_KEY,
-                "--secret", SECRET_KEY,
-                "--region", REGION,
-                "--quiet",
-                # metadata in a side folder: the tests' temporary folders need no xattrs
-                "posix", "--sidecar", str(sidecar), str(data),
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"versitygw exited with {self.proc.returncode}: {(self.root / 'versitygw.log').read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("versitygw did not listen within 30 s") from None
-                time.sleep(0.05)
+        self.proc = Process("versitygw", [
+            str(versitygw_bin()),
+            "--port", f"127.0.0.1:{self.port}",
+            "--access", ACCESS_KEY,
+            "--secret", SECRET_KEY,
+            "--region", REGION,
+            "--quiet",
+            # metadata in a side folder: the tests' temporary folders need no xattrs
+            "posix", "--sidecar", str(sidecar), str(data),
+        ], self.root / "versitygw.log").start()
+        self.proc.wait_until(lambda: port_open(self.port), "its port", timeout=30)
+        return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            self.proc.stop()
         self.proc = None
-        if getattr(self, "log", None):
-            self.log.close()
 
     def make_bucket(self, name: str) -> None:
         self.client().create_bucket(Bucket=name)

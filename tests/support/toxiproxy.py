@@ -1,7 +1,7 @@
 """toxiproxy: a real TCP proxy that injects faults (latency, resets, blackholes) between
 Redis and pipeq's clients, for tests/reliability.
 
-    server = Toxiproxy().start()            # toxiproxy-server on a free loopback port
+    server = Toxiproxy(workdir).start()     # toxiproxy-server on a free loopback port
     proxy = server.proxy("redis", upstream=redis_server.port)
     proxy.url                               # redis://127.0.0.1:<port>/0 — give it to pipeq
     with proxy.toxic("timeout", timeout=0): # a blackhole while the block runs
@@ -21,8 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from pipeq.redis_server import free_port
-from tests.support.waiting import wait_for
+from tests.support.servers import Process, free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -73,25 +72,21 @@ class Proxy:
 
 
 class Toxiproxy:
-    """``toxiproxy-server`` on a free loopback port; stopped (and waited for) by ``stop``."""
+    """``toxiproxy-server`` on a free loopback port, its log in ``workdir``; stopped (and
+    waited for) by ``stop``."""
 
-    def __init__(self):
+    def __init__(self, workdir: Path):
         self.port = free_port()
-        self.proc: subprocess.Popen | None = None
+        self.workdir = Path(workdir)
+        self.proc: Process | None = None
         self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=5)
 
     def start(self) -> "Toxiproxy":
         exe = toxiproxy_bin() / "server"
-        self.proc = subprocess.Popen([str(exe), "-host", "127.0.0.1", "-port", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        def up():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"toxiproxy-server exited with {self.proc.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                return self.api.get("/version").status_code == 200
-
-        wait_for(up, timeout=10, what="toxiproxy-server to answer")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = Process("toxiproxy-server", [str(exe), "-host", "127.0.0.1", "-port", str(self.port)],
+                            self.workdir / "toxiproxy.log").start()
+        self.proc.wait_until(lambda: self.api.get("/version").status_code == 200, "an answer to GET /version", timeout=10)
         return self
 
     def proxy(self, name: str, *, upstream: int) -> Proxy:
@@ -103,12 +98,6 @@ class Toxiproxy:
 
     def stop(self) -> None:
         self.api.close()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            self.proc.stop(grace=5)
         self.proc = None
-
