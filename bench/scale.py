@@ -32,13 +32,13 @@ import random
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -114,10 +114,11 @@ class Operator:
 class ReplicaWatch:
     """Timestamps every spec.replicas a Deployment reports, from a watch stream."""
 
-    def __init__(self, cluster: Cluster, namespace: str, name: str):
+    def __init__(self, api, namespace: str, name: str):
+        """``api``: a kubernetes.client.ApiClient (``Cluster.api_client()``, or one from a kubeconfig)."""
         from kubernetes import watch
 
-        self.api = cluster.api_client()
+        self.api = api
         self.seen: list[tuple[float, int]] = []
         self.cond = threading.Condition()
         self.stop_flag = False
@@ -156,47 +157,83 @@ class ReplicaWatch:
         with self.cond:
             return self.seen[-1][1] if self.seen else None
 
+    def peak(self, since: float) -> int:
+        """The most replicas asked for since ``since``."""
+        with self.cond:
+            return max((r for t, r in self.seen if t >= since), default=self.seen[-1][1] if self.seen else 0)
+
     def close(self) -> None:
         self.stop_flag = True
         self.w.stop()
+
+
+def run_bursts(watch: ReplicaWatch, enqueue: Callable[[], list[float]], reset: Callable[[], None], n: int, full: int,
+               pause: Callable[[], float] = lambda: random.uniform(0.5, 1.5), timeout: float = 20) -> list[dict]:
+    """``n`` bursts, shared by this benchmark and bench.keda. Each: sleep ``pause()`` (a random
+    pause puts bursts at every phase of a poll), ``enqueue()`` (the burst's jobs; returns when
+    each enqueue returned), then from the burst's start the seconds to the first replica change
+    (``first``) and to spec.replicas >= ``full`` (``full``), None when not seen within
+    ``timeout``; the same from the first / last enqueue's return (``first_own``, ``full_own``:
+    the scaler's own share); the peak replicas asked for; then ``reset()`` (empty the queue, wait
+    back at 0)."""
+    rows = []
+    for _ in range(n):
+        time.sleep(pause())
+        t0 = time.time()
+        done = enqueue()
+        t1 = watch.wait(lambda r: r > 0, since=t0, timeout=timeout)
+        t2 = watch.wait(lambda r: r >= full, since=t0, timeout=max(0.0, t0 + timeout - time.time())) if t1 is not None else None
+        rows.append({"enqueued": done[-1] - t0, "peak": watch.peak(t0),
+                     "first": None if t1 is None else t1 - t0, "full": None if t2 is None else t2 - t0,
+                     "first_own": None if t1 is None else t1 - done[0], "full_own": None if t2 is None else t2 - done[-1]})
+        reset()
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    """p50/p95/max of each timing of ``run_bursts`` rows, over the bursts where it was seen
+    (``<key>_seen`` says in how many)."""
+    out: dict = {"bursts": len(rows), "peak_max": max(r["peak"] for r in rows)}
+    for key in ("enqueued", "first", "full", "first_own", "full_own"):
+        values = [r[key] for r in rows if r[key] is not None]
+        out[f"{key}_seen"] = len(values)
+        if values:
+            out.update({f"{key}_p50": percentile(values, 50), f"{key}_p95": percentile(values, 95), f"{key}_max": max(values)})
+    return out
 
 
 def bench_bursts(cluster, ns, redis_url, work, n: int, size: int) -> dict:
     q = f"burst-{uuid.uuid4().hex[:6]}"
     conn = queue.connect(redis_url)
     cluster.apply(pool_manifest("burst", q, redis_url, work, scaling={"scaleDownDelaySeconds": 0}), namespace=ns)
-    watch = ReplicaWatch(cluster, ns, "burst-workers")
+    watch = ReplicaWatch(cluster.api_client(), ns, "burst-workers")
     wait_for(lambda: watch.current() == 0, timeout=60, what="the burst pool's Deployment at 0")
-    reaction, full, enqueued, reaction_own, full_own = [], [], [], [], []
-    for i in range(n):
-        time.sleep(random.uniform(0.5, 1.5))
-        t0 = time.time()
+
+    def enqueue() -> list[float]:
         done = []  # when each enqueue returned
         for _ in range(size):
             queue.enqueue_run(conn, q, uuid.uuid4().hex, {"reads": [], "reference": "r"}, meta={}, retries=0, ttl=60)
             done.append(time.time())
-        enqueued.append(done[-1] - t0)
-        t1 = watch.wait(lambda r: r > 0, since=t0)
-        t2 = watch.wait(lambda r: r >= size, since=t0)
-        if t1 is None or t2 is None:
-            raise SystemExit(f"burst {i}: replicas never followed (seen {watch.seen[-5:]})")
-        reaction.append(t1 - t0)
-        full.append(t2 - t0)
-        # the operator's own share: from the enqueue it needed to the replicas
-        reaction_own.append(t1 - done[0])
-        full_own.append(t2 - done[-1])
+        return done
+
+    def reset() -> None:
         conn.delete(f"rq:queue:{q}")
         wait_for(lambda: watch.current() == 0, timeout=60, what="the pool back at 0")
+
+    rows = run_bursts(watch, enqueue, reset, n, full=size)
     watch.close()
     conn.close()
+    if any(r["full"] is None for r in rows):
+        raise SystemExit(f"replicas never followed a burst (seen {watch.seen[-5:]})")
+    s = summarize(rows)
     return {"bursts": n, "burst_size": size,
-            "reaction_p50": percentile(reaction, 50), "reaction_p95": percentile(reaction, 95),
-            "full_p50": percentile(full, 50), "full_p95": percentile(full, 95), "full_max": max(full),
-            "enqueue_p50": percentile(enqueued, 50), "enqueue_p95": percentile(enqueued, 95),
-            "first_enqueued_to_reaction_p50": percentile(reaction_own, 50),
-            "first_enqueued_to_reaction_p95": percentile(reaction_own, 95),
-            "last_enqueued_to_full_p50": percentile(full_own, 50),
-            "last_enqueued_to_full_p95": percentile(full_own, 95)}
+            "reaction_p50": s["first_p50"], "reaction_p95": s["first_p95"],
+            "full_p50": s["full_p50"], "full_p95": s["full_p95"], "full_max": s["full_max"],
+            "enqueue_p50": s["enqueued_p50"], "enqueue_p95": s["enqueued_p95"],
+            "first_enqueued_to_reaction_p50": s["first_own_p50"],
+            "first_enqueued_to_reaction_p95": s["first_own_p95"],
+            "last_enqueued_to_full_p50": s["full_own_p50"],
+            "last_enqueued_to_full_p95": s["full_own_p95"]}
 
 
 def bench_idle(cluster, ns, redis_url, work, op: Operator, env: dict, log: Path, pools: int, seconds: float) -> dict:

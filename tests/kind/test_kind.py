@@ -20,25 +20,11 @@ from rq.job import Job
 
 from pipeq import queue
 from tests.e2e.body import run_end_to_end
-from tests.support.kind import NAMESPACE, RELEASE, TAG
+from tests.support.kind import NAMESPACE, RELEASE, SLEEPER, TAG
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(900)]
 
-# sleeps for the seconds its sample names (sleep-N) and writes a line when it starts and
-# ends into the trace on the data volume, so a test can count how often a job really ran
-SLEEPER = """#!/bin/sh
-while [ $# -gt 0 ]; do
-  case "$1" in --outdir) outdir=$2; shift 2 ;; --sample) sample=$2; shift 2 ;; *) shift ;; esac
-done
-job=${outdir#*/jobs/}; job=${job%%/*}
-echo "start $job" >> /data/trace-slow.log
-echo "PROGRESS 10 sleep ${sample#sleep-}"
-sleep "${sample#sleep-}"
-echo '{"sample": "x", "variants": 0}' > "$outdir/report.json"
-echo "end $job" >> /data/trace-slow.log
-echo "PROGRESS 100 done"
-"""
 SLOW_QUEUE = "slow"
 FINAL = ("finished", "failed", "canceled", "stopped")
 
