@@ -149,7 +149,7 @@ def worker_deployment(name: str, spec: Mapping[str, Any], *, replicas: int, defa
         "enableServiceLinks": False,
         "volumes": [*copy.deepcopy(spec.get("volumes") or []), {"name": TMP_VOLUME, "emptyDir": {}}],
     }
-    for key in ("nodeSelector", "tolerations", "serviceAccountName"):
+    for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints", "serviceAccountName"):
         if spec.get(key):
             pod[key] = copy.deepcopy(spec[key])
     return {

@@ -173,7 +173,8 @@ def pools(cluster, operator, namespace, redis_server, tmp_path):
 def test_crd_is_documented_and_validated(cluster, operator, namespace):
     explain = cluster.kubectl("explain", "workerpool.spec").stdout
     for field in ("queue", "redis", "image", "minReplicas", "maxReplicas", "jobsPerWorker", "pipeline",
-                  "scaling", "paused", "resources", "env", "nodeSelector", "tolerations", "volumes"):
+                  "scaling", "paused", "resources", "env", "nodeSelector", "tolerations", "affinity",
+                  "topologySpreadConstraints", "volumes"):
         assert re.search(rf"^\s+{field}\s+<", explain, re.M), field
     assert "scale-up is immediate" in cluster.kubectl("explain", "workerpool.spec.scaling.scaleDownDelaySeconds").stdout
     bad = cluster.kubectl("apply", "-n", namespace, "-f", "-", check=False, input=json.dumps({

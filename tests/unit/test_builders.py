@@ -84,6 +84,9 @@ def test_pod_template_parts_pass_through_and_operator_env_wins():
         "env": [{"name": "PIPEQ_DATA_DIR", "value": "/data"}, {"name": "PIPEQ_QUEUE", "value": "sneaky"}],
         "nodeSelector": {"disk": "ssd"},
         "tolerations": [{"key": "bio", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                       "whenUnsatisfiable": "DoNotSchedule"}],
         "serviceAccountName": "pipeq-worker",
         "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "pipeq-data"}}],
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
@@ -97,6 +100,8 @@ def test_pod_template_parts_pass_through_and_operator_env_wins():
     assert pod["volumes"][:-1] == spec["volumes"]
     assert pod["nodeSelector"] == {"disk": "ssd"}
     assert pod["tolerations"] == spec["tolerations"]
+    assert pod["affinity"] == spec["affinity"]
+    assert pod["topologySpreadConstraints"] == spec["topologySpreadConstraints"]
     assert pod["serviceAccountName"] == "pipeq-worker"
     names = [e["name"] for e in c["env"]]
     assert len(names) == len(set(names)), "duplicate env names break server-side apply"
