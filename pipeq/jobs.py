@@ -40,6 +40,8 @@ class JobStatus(BaseModel):
     sample: str | None = None
     queue: str | None = Field(None, description="The queue the job is on.")
     attempt: int = Field(0, description="How many times a worker started the job (more than 1 after a worker was lost).")
+    worker: str | None = Field(
+        None, description="The worker that runs (or ran) the job's latest attempt; on Kubernetes, its pod's name.")
     enqueued_at: datetime | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
@@ -109,6 +111,7 @@ def to_status(job: Job, *, position: int | None = None, with_result: bool = True
         sample=meta.get("sample"),
         queue=job.origin,
         attempt=int(meta.get("attempt") or 0),
+        worker=job.worker_name if status != "queued" else None,
         enqueued_at=_utc(job.enqueued_at),
         started_at=_utc(job.started_at) if status != "queued" else None,
         ended_at=_utc(job.ended_at) if status in FINAL else None,

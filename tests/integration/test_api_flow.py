@@ -44,6 +44,8 @@ def test_submit_run_and_download(client, dataset, workers, settings):
     s = wait_for(finished, timeout=90, what="the job to finish")
     assert s["status"] == "finished", s
     assert s["progress"] == 100 and s["attempt"] == 1
+    assert s["worker"] in workers.procs, s  # the name the worker registered with
+    assert first["worker"] is None
     assert s["started_at"] and s["ended_at"] and s["enqueued_at"] <= s["started_at"] <= s["ended_at"]
     files = s["result"]["files"]
     assert "S1.vcf.gz" in files and "S1.bam" in files and "report.json" in files
