@@ -20,10 +20,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import kind_s3
 from tests.support.kind import KindCluster, KindUnavailable, docker_down, docker_up, prepare
 
 _state: dict = {"started": False, "unavailable": None, "error": None, "cluster": None, "thread": None,
-                "workdir": None}
+                "workdir": None, "s3_error": None}
+#: set when the suite's release is installed, and when the object-storage release is
+_ready = threading.Event()
+_s3_ready = threading.Event()
 
 
 def _is_kind(item) -> bool:
@@ -54,7 +58,8 @@ def pytest_collection_finish(session):
         _state["error"] = f"{type(e).__name__}: {e}"
         return
     _state["workdir"] = Path(tempfile.mkdtemp(prefix="pipeq-kind-"))
-    cluster = KindCluster("pipeq-test", _state["workdir"])
+    # two worker nodes: the object-storage release spreads its pool over them
+    cluster = KindCluster("pipeq-test", _state["workdir"], workers=2)
 
     def bring_up():
         try:
@@ -63,6 +68,16 @@ def pytest_collection_finish(session):
         except Exception as e:  # noqa: BLE001
             _state["error"] = f"{type(e).__name__}: {e}"
             cluster.delete()
+            return
+        finally:
+            _ready.set()
+        # the second release while the first one's tests run
+        try:
+            cluster.timed("object-storage release", kind_s3.up, cluster, cluster.redis_image)
+        except Exception as e:  # noqa: BLE001
+            _state["s3_error"] = f"{type(e).__name__}: {e}"
+        finally:
+            _s3_ready.set()
 
     _state["thread"] = threading.Thread(target=bring_up, name="kind-up", daemon=True)
     _state["thread"].start()
@@ -86,7 +101,16 @@ def kind():
             pytest.fail(f"the kind suite must run on CI: {_state['unavailable']}")
         pytest.skip(f"the kind suite needs Docker: {_state['unavailable']}")
     if _state["thread"] is not None:
-        _state["thread"].join(timeout=900)
+        _ready.wait(timeout=900)
     if _state["error"] or _state["cluster"] is None:
         pytest.fail(f"the kind cluster could not be made ready: {_state['error'] or 'it took over 15 minutes'}")
     yield _state["cluster"]
+
+
+@pytest.fixture(scope="session")
+def kind_s3_release(kind):
+    """The suite's cluster once the release with ``storage.type=s3`` is installed too."""
+    _s3_ready.wait(timeout=600)
+    if _state["s3_error"] or not _s3_ready.is_set():
+        pytest.fail(f"the object-storage release could not be installed: {_state['s3_error'] or 'it took over 10 minutes'}")
+    return kind

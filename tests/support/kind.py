@@ -112,17 +112,20 @@ def kind_bin() -> str:
 class KindCluster:
     """One kind cluster named ``name`` with its files (kubeconfig, logs) in ``workdir``."""
 
-    def __init__(self, name: str, workdir: Path):
+    def __init__(self, name: str, workdir: Path, workers: int = 0):
         self.name = name
+        #: worker nodes besides the control plane (which then runs no pipeq pods: kind taints it)
+        self.workers = workers
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.kubeconfig = self.workdir / "kubeconfig"
         self.helm_bin = str(Path(tools_bin_dir(build=True)) / "helm")
-        self._forwards: dict[tuple[str, int], tuple[subprocess.Popen, str]] = {}
+        self._forwards: dict[tuple[str, str, int], tuple[subprocess.Popen, str]] = {}
         self.timings: dict[str, float] = {}
+        self.redis_image = UPSTREAM_REDIS  # the one load_images found usable
 
     # ---- steps -------------------------------------------------------------------------
-    def _timed(self, what: str, fn, *args):
+    def timed(self, what: str, fn, *args):
         start = time.monotonic()
         out = fn(*args)
         self.timings[what] = round(time.monotonic() - start, 1)
@@ -131,15 +134,28 @@ class KindCluster:
 
     def up(self, values: dict[str, object] | None = None) -> "KindCluster":
         """Create the cluster, load pipeq's images and install the chart (helm install --wait)."""
-        self._timed("node image", run, "scripts/kind-node-image.sh")  # built once, then cached in Docker
-        self._timed("cluster", self.create)
-        redis_image = self._timed("images", self.load_images)
-        self._timed("chart", self.install, {**VALUES, "redis.image": redis_image, **(values or {})})
+        self.timed("node image", run, "scripts/kind-node-image.sh")  # built once, then cached in Docker
+        self.timed("cluster", self.create)
+        self.redis_image = self.timed("images", self.load_images)
+        self.timed("chart", self.install, {**VALUES, "redis.image": self.redis_image, **(values or {})})
         return self
 
     def create(self) -> None:
         run("scripts/kind-cluster.sh", "delete", self.name, "--kubeconfig", str(self.kubeconfig), timeout=300, check=False)
-        run("scripts/kind-cluster.sh", "create", self.name, "--kubeconfig", str(self.kubeconfig), timeout=900)
+        run("scripts/kind-cluster.sh", "create", self.name, "--kubeconfig", str(self.kubeconfig),
+            "--workers", str(self.workers), timeout=900)
+
+    def worker_nodes(self) -> list[str]:
+        """The nodes pipeq's pods run on: the worker nodes, or the control plane alone."""
+        names = self.kubectl("get", "nodes", "-o", "jsonpath={.items[*].metadata.name}").split()
+        workers = [n for n in names if not n.endswith("-control-plane")]
+        return workers or names
+
+    def load(self, *images: str) -> None:
+        """``kind load`` images into the nodes pipeq's pods run on (not a tainted control plane:
+        each node costs a copy of every image)."""
+        run(kind_bin(), "load", "docker-image", "--name", self.name, "--nodes", ",".join(self.worker_nodes()),
+            *images, timeout=900)
 
     def load_images(self) -> str:
         """Build pipeq's images and load them into the node; returns the Redis image to use."""
@@ -150,12 +166,14 @@ class KindCluster:
                 run("docker", "pull", "-q", UPSTREAM_REDIS, timeout=60, check=False).returncode != 0:
             redis = f"pipeq-redis:{TAG}"  # Docker Hub is out of reach: Debian's redis-server
         images.append(redis)
-        run(kind_bin(), "load", "docker-image", "--name", self.name, *images, timeout=900)
+        self.load(*images)
         return redis
 
-    def install(self, values: dict[str, object]) -> None:
-        self.kubectl("create", "namespace", NAMESPACE, check=False)
-        self.kubectl("label", "--overwrite", "namespace", NAMESPACE,
+    def install(self, values: dict[str, object], namespace: str = NAMESPACE, release: str = RELEASE) -> None:
+        """``helm upgrade --install --wait`` of the chart as ``release`` into ``namespace``, which
+        enforces the restricted Pod Security Standard."""
+        self.kubectl("create", "namespace", namespace, check=False)
+        self.kubectl("label", "--overwrite", "namespace", namespace,
                      "pod-security.kubernetes.io/enforce=restricted", "pod-security.kubernetes.io/enforce-version=latest")
         # a values file, not --set: helm's --set makes a string of 0.5, which the schema refuses
         nested: dict = {}
@@ -165,9 +183,9 @@ class KindCluster:
             for part in parents:
                 d = d.setdefault(part, {})
             d[leaf] = value
-        path = self.workdir / "values.json"
+        path = self.workdir / f"values-{release}.json"
         path.write_text(json.dumps(nested, indent=2))
-        self.helm("upgrade", "--install", RELEASE, "helm/pipeq", "-n", NAMESPACE, "--wait", "--timeout", "5m",
+        self.helm("upgrade", "--install", release, "helm/pipeq", "-n", namespace, "--wait", "--timeout", "5m",
                   "-f", str(path), timeout=420)
 
     def delete(self) -> None:
@@ -191,17 +209,17 @@ class KindCluster:
         """http://127.0.0.1:<port> of the API Service."""
         return self.forward(f"svc/{RELEASE}-api", 80)
 
-    def forward(self, target: str, port: int, scheme: str = "http") -> str:
+    def forward(self, target: str, port: int, scheme: str = "http", namespace: str = NAMESPACE) -> str:
         """``scheme://127.0.0.1:<local port>`` forwarded to ``port`` of ``target`` (e.g.
         svc/pipeq-redis) by kubectl port-forward; restarted when it has died (it does when
         the pod it forwards to goes away)."""
-        key = (target, port)
+        key = (namespace, target, port)
         proc, url = self._forwards.get(key, (None, None))
         if proc is not None and proc.poll() is None:
             return f"{scheme}://{url}"
         out = open(self.workdir / "port-forward.log", "ab")
         proc = subprocess.Popen(
-            [kubectl_path(), "port-forward", "-n", NAMESPACE, target, "--address", "127.0.0.1", f":{port}"],
+            [kubectl_path(), "port-forward", "-n", namespace, target, "--address", "127.0.0.1", f":{port}"],
             env=self.env(), stdout=subprocess.PIPE, stderr=out, text=True)
         line = proc.stdout.readline()
         m = re.search(r"127\.0\.0\.1:(\d+)", line)
@@ -220,12 +238,12 @@ class KindCluster:
                 proc.kill()
         self._forwards.clear()
 
-    def pods(self, selector: str) -> list[dict]:
-        items = self.get_json("pods", "-n", NAMESPACE, "-l", selector)["items"]
+    def pods(self, selector: str, namespace: str = NAMESPACE) -> list[dict]:
+        items = self.get_json("pods", "-n", namespace, "-l", selector)["items"]
         return [p for p in items if not p["metadata"].get("deletionTimestamp")]
 
-    def wait_rollout(self, kind_name: str, timeout: float = 180) -> None:
-        self.kubectl("rollout", "status", "-n", NAMESPACE, kind_name, f"--timeout={int(timeout)}s", timeout=timeout + 10)
+    def wait_rollout(self, kind_name: str, timeout: float = 180, namespace: str = NAMESPACE) -> None:
+        self.kubectl("rollout", "status", "-n", namespace, kind_name, f"--timeout={int(timeout)}s", timeout=timeout + 10)
 
 
 def main(argv: list[str] | None = None) -> int:
