@@ -56,6 +56,22 @@ def test_s3_storage_has_no_data_volume_and_scratch_in_an_emptydir():
     assert r.returncode != 0 and "bucket" in r.stdout + r.stderr
 
 
+def test_pool_placement_values_reach_the_workerpool():
+    import yaml
+
+    spread = "workerPool.topologySpreadConstraints[0]."
+    docs = yaml.safe_load_all(chart.render(
+        f"{spread}maxSkew=1", f"{spread}topologyKey=kubernetes.io/hostname", f"{spread}whenUnsatisfiable=ScheduleAnyway",
+        "workerPool.nodeSelector.disk=ssd", "workerPool.tolerations[0].key=bio", "workerPool.tolerations[0].operator=Exists"))
+    spec = next(d for d in docs if d and d["kind"] == "WorkerPool")["spec"]
+    assert spec["topologySpreadConstraints"] == [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                                  "whenUnsatisfiable": "ScheduleAnyway"}]
+    assert spec["nodeSelector"] == {"disk": "ssd"} and spec["tolerations"] == [{"key": "bio", "operator": "Exists"}]
+    assert "affinity" not in spec  # empty values leave the fields out
+    default = next(d for d in yaml.safe_load_all(chart.render()) if d and d["kind"] == "WorkerPool")["spec"]
+    assert not {"topologySpreadConstraints", "nodeSelector", "tolerations", "affinity"} & set(default)
+
+
 @pytest.mark.parametrize("sets", [[], S3], ids=["volume", "s3"])
 def test_rendered_chart_passes_server_side_dry_run(cluster, namespace, sets):
     if not CRD.exists():
