@@ -210,13 +210,13 @@ class S3Attempt:
             with open(self.inputs / name, "wb") as f:
                 self.store.download(self.store.key(self.job_id, "inputs", name), f)
 
-    def publish(self, held: Callable[[], bool]) -> bool:
+    def publish(self, claim: Callable[[], bool]) -> bool:
         files = storage.files_in(self.workdir)
         folder = f"attempts/{self.number}"
         for name in files:
             with open(self.workdir / name, "rb") as f, errors(f"publishing {name}"):
                 self.store.s3.upload_fileobj(f, self.store.bucket, self.store.key(self.job_id, folder, name))
-        if not held():
+        if not claim():
             return False
         manifest = {"attempt": self.number, "folder": folder, "files": files, "summary": summary_of(self.workdir / "report.json")}
         self.store.write(self.store.key(self.job_id, "output.json"), json.dumps(manifest).encode())

@@ -75,9 +75,10 @@ class Attempt(Protocol):
     def fetch(self, names: list[str]) -> None:
         """Bring the job's stored inputs ``names`` into ``inputs`` (where they are not already)."""
 
-    def publish(self, held: Callable[[], bool]) -> bool:
-        """Make ``workdir`` the job's results if ``held()`` (the lease is still this
-        attempt's) when it counts; False, publishing nothing, if not."""
+    def publish(self, claim: Callable[[], bool]) -> bool:
+        """Make ``workdir`` the job's results if ``claim()`` (the lease's check that it is
+        still this attempt's, which also records that this attempt publishes) says yes just
+        before the step that counts; False, publishing nothing, if not."""
 
     def sync_log(self) -> None:
         """Bring the stored log up to date (called every few seconds while the pipeline runs)."""
@@ -195,8 +196,8 @@ class FileAttempt:
     def fetch(self, names: list[str]) -> None:
         pass  # the inputs are in the job's folder
 
-    def publish(self, held: Callable[[], bool]) -> bool:
-        if not held():
+    def publish(self, claim: Callable[[], bool]) -> bool:
+        if not claim():
             return False
         out = self.jdir / "output"
         shutil.rmtree(out, ignore_errors=True)
