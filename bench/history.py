@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 import redis
 from rq.job import Job, JobStatus
+from rq.registry import FinishedJobRegistry
 from rq.results import Result
 
 from pipeq import queue as pq_queue
@@ -20,21 +21,22 @@ from pipeq import queue as pq_queue
 TTL = 7 * 24 * 3600
 
 _CLONE = """
-local prefix, first, n, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local nj, nr = tonumber(ARGV[6]), tonumber(ARGV[7])
+local job_prefix, result_prefix = ARGV[1], ARGV[2]
+local prefix, first, n, ttl, now = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local nj, nr = tonumber(ARGV[8]), tonumber(ARGV[9])
 local job, res = {}, {}
-for k = 1, nj do job[k] = ARGV[7 + k] end
-for k = 1, nr do res[k] = ARGV[7 + nj + k] end
+for k = 1, nj do job[k] = ARGV[9 + k] end
+for k = 1, nr do res[k] = ARGV[9 + nj + k] end
 for i = first, first + n - 1 do
   local id = prefix .. string.format('%08x', i)
-  local key = 'rq:job:' .. id
+  local key = job_prefix .. id
   redis.call('HSET', key, unpack(job))
   redis.call('EXPIRE', key, ttl)
   redis.call('ZADD', KEYS[1], now + ttl, id)
   if KEYS[2] ~= '' then redis.call('ZADD', KEYS[2], now - (first + n - i), id) end
   if nr > 0 then
-    redis.call('XADD', 'rq:results:' .. id, 'MAXLEN', 10, '*', unpack(res))
-    redis.call('EXPIRE', 'rq:results:' .. id, ttl)
+    redis.call('XADD', result_prefix .. id, 'MAXLEN', 10, '*', unpack(res))
+    redis.call('EXPIRE', result_prefix .. id, ttl)
   end
 end
 return n
@@ -69,9 +71,11 @@ def populate(conn: redis.Redis, queue: str, n: int, *, pipeq: bool, with_result:
         res_fields = []
     prefix = uuid.uuid4().hex[:24]
     clone = conn.register_script(_CLONE)
-    keys = [f"rq:finished:{queue}", pq_queue.JOBS_INDEX if pipeq else ""]
+    keys = [FinishedJobRegistry(queue, connection=conn).key, pq_queue.JOBS_INDEX if pipeq else ""]
+    # the keys of a job id's hash and results, as RQ names them
+    key_prefixes = [Job.key_for(""), Result.get_key("")]
     now = time.time()
     for first in range(0, n, batch):
         k = min(batch, n - first)
-        clone(keys=keys, args=[prefix, first, k, TTL, now, len(job_fields), len(res_fields), *job_fields, *res_fields])
+        clone(keys=keys, args=[*key_prefixes, prefix, first, k, TTL, now, len(job_fields), len(res_fields), *job_fields, *res_fields])
     return [f"{prefix}{i:08x}" for i in range(n)]

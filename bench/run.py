@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
+from rq import Queue
+from rq.job import Job
 
 from bench import harness, history
 from bench.harness import percentile, table, wrk
@@ -117,8 +119,8 @@ class Bench:
                 self.results.setdefault("submission", []).append({"history": level, "clients": 32, "think_ms": THINK_MS, **{n: [x.row() for x in v] for n, v in res.items()}})
                 rows_client.append([f"POST, 32 thinking clients, {level} past", *self.cpu_cells(res)])
                 more_processes = self.processes(rows_client)
-            queued = {n: [i.decode() for i in self.conn.lrange(f"rq:queue:{self.sides[n].queue}", -64, -1)] for n in ORDER}
-            qlen = {n: self.conn.llen(f"rq:queue:{self.sides[n].queue}") for n in ORDER}
+            queued = {n: [i.decode() for i in self.conn.lrange(Queue(self.sides[n].queue, connection=self.conn).key, -64, -1)] for n in ORDER}
+            qlen = {n: Queue(self.sides[n].queue, connection=self.conn).count for n in ORDER}
             for kind, ids in (("finished", finished), ("queued", queued)):
                 res = self.alternate(lambda s: wrk(s.url + "/", connections=32, seconds=self.seconds,
                                                    env=self.ids_env(ids[s.name], "/job_status/"), server_pid=s.api.pid))
@@ -323,7 +325,7 @@ def wait_trace(trace: Path, job_id: str, kind: str, timeout: float = 30) -> floa
 def wait_final(conn, job_id: str, timeout: float = 60) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        s = conn.hget(f"rq:job:{job_id}", "status")
+        s = conn.hget(Job.key_for(job_id), "status")
         if s in (b"finished", b"failed"):
             if s == b"failed":
                 raise RuntimeError(f"job {job_id} failed")
@@ -333,7 +335,7 @@ def wait_final(conn, job_id: str, timeout: float = 60) -> str:
 
 
 def ended_at(conn, job_id: str) -> float:
-    v = conn.hget(f"rq:job:{job_id}", "ended_at").decode()
+    v = conn.hget(Job.key_for(job_id), "ended_at").decode()
     return datetime.strptime(v, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
 
 

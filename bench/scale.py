@@ -217,7 +217,7 @@ def bench_bursts(cluster, ns, redis_url, work, n: int, size: int) -> dict:
         return done
 
     def reset() -> None:
-        conn.delete(f"rq:queue:{q}")
+        conn.delete(queue.get_queue(conn, q).key)
         wait_for(lambda: watch.current() == 0, timeout=60, what="the pool back at 0")
 
     rows = run_bursts(watch, enqueue, reset, n, full=size)

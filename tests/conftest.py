@@ -90,14 +90,25 @@ def settings_env(settings: Settings, **extra) -> dict[str, str]:
 
 
 @pytest.fixture
-def client(settings):
-    """The API app of these settings, in process (lifespan run). A test module that needs
-    other settings overrides the ``settings`` fixture, asking for this one."""
+def make_client(settings):
+    """Make a client of the API app in process: of ``settings`` as they are when it is made
+    (after the test changed them), or of the settings given; its lifespan runs while
+    ``with make_client() as client:`` lasts. Other keywords go to TestClient."""
     from fastapi.testclient import TestClient
 
     from pipeq.api.app import create_app
 
-    with TestClient(create_app(settings)) as c:
+    def make(app_settings: Settings | None = None, **kwargs) -> TestClient:
+        return TestClient(create_app(settings if app_settings is None else app_settings), **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def client(make_client):
+    """The API app of these settings, in process (lifespan run). A test module that needs
+    other settings overrides the ``settings`` fixture, asking for this one."""
+    with make_client() as c:
         yield c
 
 

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import redis
+from rq.executions import Execution
 from rq.job import Job
 
 from pipeq.queue import connect
@@ -17,8 +18,10 @@ QUEUE = "pipeline_tasks"
 
 
 def make_lease(client, job: Job, member: str, seconds: float = 5.0) -> Lease:
-    job.connection.zadd(job.started_job_registry.key, {member: time.time() + seconds})
-    return Lease(client, job, f"rq:execution:{member}", member, seconds=seconds, published_ttl=60, started_at=time.time())
+    """The lease of execution ``member`` (RQ's ``<job_id>:<execution_id>``), entered in the registry."""
+    execution = Execution(member.split(":", 1)[1], job.id, connection=job.connection)
+    job.connection.zadd(job.started_job_registry.key, {execution.composite_key: time.time() + seconds})
+    return Lease(client, job, execution.key, execution.composite_key, seconds=seconds, published_ttl=60, started_at=time.time())
 
 
 @pytest.fixture

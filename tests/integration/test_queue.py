@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import time
 
+from rq import Worker, worker_registration
+from rq.registry import StartedJobRegistry
+
 from pipeq import queue
 
+Q = "pipeline_tasks"
+WORKER = Worker.redis_worker_namespace_prefix
 
-def enqueue(conn, n, name="pipeline_tasks"):
+
+def enqueue(conn, n, name=Q):
     return [
         queue.enqueue_run(conn, name, f"{i:032x}", {"reads": [], "reference": "r"}, meta={}, retries=1, ttl=60)
         for i in range(n)
@@ -17,26 +23,26 @@ def enqueue(conn, n, name="pipeline_tasks"):
 def test_queue_stats_counts_in_one_round_trip(conn):
     enqueue(conn, 3)
     now = time.time()
-    conn.zadd("rq:wip:pipeline_tasks", {"a:1": now + 30, "b:2": now + 30, "c:3": now - 1})
-    conn.hset("rq:worker:w1", "pipeq_job", "a")
-    conn.hset("rq:worker:w2", "state", "idle")
-    conn.hset("rq:worker:dead", "pipeq_job", "c")  # killed: its mark outlives its lease
-    conn.sadd("rq:workers:pipeline_tasks", "rq:worker:w1", "rq:worker:w2", "rq:worker:gone", "rq:worker:dead")
-    stats = queue.queue_stats(conn, "pipeline_tasks")
+    conn.zadd(StartedJobRegistry(Q, connection=conn).key, {"a:1": now + 30, "b:2": now + 30, "c:3": now - 1})
+    conn.hset(WORKER + "w1", queue.BUSY_FIELD, "a")
+    conn.hset(WORKER + "w2", "state", "idle")
+    conn.hset(WORKER + "dead", queue.BUSY_FIELD, "c")  # killed: its mark outlives its lease
+    conn.sadd(worker_registration.WORKERS_BY_QUEUE_KEY % Q, *(WORKER + w for w in ("w1", "w2", "gone", "dead")))
+    stats = queue.queue_stats(conn, Q)
     assert (stats.queued, stats.running, stats.expired) == (3, 2, 1)
     assert stats.busy == {"w1": "a"}
 
 
 def test_reap_requeues_an_abandoned_job_with_retries_left(conn):
     (job,) = enqueue(conn, 1)
-    q = queue.get_queue(conn, "pipeline_tasks")
+    q = queue.get_queue(conn, Q)
     q.pop_job_id()
     job.set_status("started")
-    conn.zadd("rq:wip:pipeline_tasks", {f"{job.id}:exec1": time.time() - 1})
-    assert queue.reap_abandoned(conn, "pipeline_tasks") == 1
+    conn.zadd(job.started_job_registry.key, {f"{job.id}:exec1": time.time() - 1})
+    assert queue.reap_abandoned(conn, Q) == 1
     assert q.job_ids == [job.id]
-    assert queue.queue_stats(conn, "pipeline_tasks").expired == 0
-    assert queue.reap_abandoned(conn, "pipeline_tasks") == 0
+    assert queue.queue_stats(conn, Q).expired == 0
+    assert queue.reap_abandoned(conn, Q) == 0
 
 
 def test_jobs_index_drops_expired_entries(conn):
@@ -61,18 +67,18 @@ def test_clean_ups_at_once_requeue_an_abandoned_job_once(conn):
     twice, and two workers ran it as the same attempt (seen in the worker-kill test)."""
     import threading
 
-    q = queue.get_queue(conn, "pipeline_tasks")
+    q = queue.get_queue(conn, Q)
     for _ in range(20):
         conn.flushdb()
         (job,) = enqueue(conn, 1)
         q.pop_job_id()
         job.set_status("started")
-        conn.zadd("rq:wip:pipeline_tasks", {f"{job.id}:exec1": time.time() - 1})
+        conn.zadd(job.started_job_registry.key, {f"{job.id}:exec1": time.time() - 1})
         start = threading.Barrier(8)
 
         def reap():
             start.wait()
-            queue.reap_abandoned(conn, "pipeline_tasks")  # redis-py clients are thread-safe
+            queue.reap_abandoned(conn, Q)  # redis-py clients are thread-safe
 
         threads = [threading.Thread(target=reap) for _ in range(8)]
         [t.start() for t in threads]

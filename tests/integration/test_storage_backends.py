@@ -10,11 +10,11 @@ import os
 import signal
 
 import pytest
-from fastapi.testclient import TestClient
+from rq import Queue
+from rq.job import Job
 
 from pipeq import s3, storage
 from pipeq.api import uploads
-from pipeq.api.app import create_app
 from pipeq.store import open_store
 from tests.conftest import wait_for
 from tests.support import pipelines
@@ -23,8 +23,8 @@ FINAL = ("finished", "failed", "canceled", "stopped")
 
 
 @pytest.fixture
-def client(backend):
-    with TestClient(create_app(backend)) as c:
+def client(backend, make_client):
+    with make_client(backend) as c:
         yield c
 
 
@@ -87,7 +87,7 @@ def test_uploads_run_and_results(client, backend, dataset, workers, small_spool)
         assert wait_for(lambda: not any(backend.scratch_dir.rglob("*.fq")), timeout=10, what="scratch to be freed")
 
 
-def test_refusals_leave_nothing(client, backend, dataset, conn, small_spool):
+def test_refusals_leave_nothing(client, make_client, backend, dataset, conn, small_spool):
     big = gzip.decompress(dataset.reads[0].read_bytes())
     truncated = gzip.compress(big)[:-100]  # a gzip cut short, streamed: checked as it arrives
     cases = [
@@ -98,26 +98,26 @@ def test_refusals_leave_nothing(client, backend, dataset, conn, small_spool):
         r = client.post("/run_pipeline", files=files)
         assert r.status_code == code and why in r.text, r.text
         assert stored(backend) == []
-    backend_limit = TestClient(create_app(backend.model_copy(update={"max_upload_bytes": 200 * 1024})))
+    backend_limit = make_client(backend.model_copy(update={"max_upload_bytes": 200 * 1024}))
     with backend_limit as c:
         r = c.post("/run_pipeline", files=files_of(dataset, big))
         assert r.status_code == 413, r.text
     assert stored(backend) == []
-    assert conn.llen(f"rq:queue:{backend.queue}") == 0
+    assert Queue(backend.queue, connection=conn).count == 0
 
 
-def test_store_unreachable_at_submission_is_503_and_keeps_nothing(s3_server, settings, dataset, conn, monkeypatch, tmp_path):
+def test_store_unreachable_at_submission_is_503_and_keeps_nothing(s3_server, settings, make_client, dataset, conn, monkeypatch, tmp_path):
     bucket = "unreachable"
     s3_server.make_bucket(bucket)
     for k, v in s3_server.env().items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
     settings.storage = f"s3://{bucket}"
-    with TestClient(create_app(settings)) as c:
+    with make_client() as c:
         r = c.post("/run_pipeline", files=files_of(dataset))
         assert r.status_code == 503 and "object store" in r.json()["detail"], r.text
         assert c.get("/healthz").status_code == 200
-    assert conn.llen(f"rq:queue:{settings.queue}") == 0
+    assert Queue(settings.queue, connection=conn).count == 0
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.url)
     assert s3.client().list_objects_v2(Bucket=bucket).get("Contents", []) == []
 
@@ -133,8 +133,6 @@ def test_store_unreachable_during_a_job_fails_it_and_a_retry_finds_the_inputs(cl
     assert "object store" in s["error"]["message"]
     workers.stop()
     # the inputs are still there: the job run again (RQ's requeue, `rq requeue`) finishes
-    from rq.job import Job
-
     Job.fetch(job_id, connection=client.app.state.redis).requeue()
     workers.start("reconnected", PIPEQ_TEST_SLEEP=0)
     s = final(client, job_id, timeout=60)
@@ -270,7 +268,7 @@ def test_bad_references_are_4xx_naming_the_url_and_leave_nothing(client, backend
     r = client.post("/run_pipeline", json={"reads": reads, "reference": reference})
     assert r.status_code == 413 and "accepted bytes per file" in r.text, r.text
     assert stored(backend) == []
-    assert conn.llen(f"rq:queue:{backend.queue}") == 0
+    assert Queue(backend.queue, connection=conn).count == 0
 
 
 def test_presigned_upload_then_a_submission_naming_it(client, backend, dataset, workers):
@@ -338,18 +336,16 @@ def test_prune_removes_what_expired_and_keeps_the_rest(client, backend, dataset,
     store = client.app.state.store
     kept = client.post("/run_pipeline", files=files_of(dataset)).json()["job_id"]
     gone = client.post("/run_pipeline", files=files_of(dataset)).json()["job_id"]
-    conn.delete(f"rq:job:{gone}")  # its record expired from Redis
+    conn.delete(Job.key_for(gone))  # its record expired from Redis
     before = stored(backend)
     assert any(gone in k for k in before) and any(kept in k for k in before)
-    assert store.prune(lambda job_id: conn.exists(f"rq:job:{job_id}"), older_than=-1) == [gone]
+    assert store.prune(lambda job_id: conn.exists(Job.key_for(job_id)), older_than=-1) == [gone]
     after = stored(backend)
     assert not any(gone in k for k in after) and any(kept in k for k in after)
 
 
-def test_store_down_while_a_job_runs_fails_it_and_keeps_its_inputs(settings, dataset, workers, tmp_path, monkeypatch, conn):
+def test_store_down_while_a_job_runs_fails_it_and_keeps_its_inputs(settings, make_client, dataset, workers, tmp_path, monkeypatch, conn):
     """A store of its own, stopped while the pipeline runs and started again (same folder)."""
-    from rq.job import Job
-
     from tests.support.s3server import VersityGW
 
     server = VersityGW(tmp_path / "own-s3").start()
@@ -359,7 +355,7 @@ def test_store_down_while_a_job_runs_fails_it_and_keeps_its_inputs(settings, dat
             monkeypatch.setenv(k, v)
         settings.storage, settings.scratch_dir = "s3://jobs/p", tmp_path / "scratch"
         settings.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
-        with TestClient(create_app(settings)) as client:
+        with make_client() as client:
             job_id = client.post("/run_pipeline", files=files_of(dataset)).json()["job_id"]
             workers.start("w1", PIPEQ_TEST_SLEEP=4)
             wait_for(lambda: client.get(f"/job_status/{job_id}").json()["stage"] == "work", timeout=30, what="the pipeline to run")

@@ -7,6 +7,8 @@ import shutil
 
 import pytest
 from fastapi.testclient import TestClient
+from rq import Queue
+from rq.job import Job
 
 from pipeq.api.app import create_app
 from pipeq.settings import Settings
@@ -24,8 +26,8 @@ def nothing_left(settings, conn):
     jobs_dir = settings.data_dir / "jobs"
     leftovers = list(jobs_dir.iterdir()) if jobs_dir.exists() else []
     assert leftovers == [], leftovers
-    assert conn.llen(f"rq:queue:{settings.queue}") == 0
-    assert conn.keys("rq:job:*") == []
+    assert Queue(settings.queue, connection=conn).count == 0
+    assert conn.keys(Job.key_for("*")) == []
 
 
 @pytest.mark.parametrize(
@@ -92,17 +94,17 @@ def test_redis_unreachable_is_503_and_leaves_nothing(tmp_path):
         assert client.get("/job_status/" + "a" * 32).status_code == 503
 
 
-def test_declared_size_over_the_limit_is_refused_before_reading(client, settings, conn):
+def test_declared_size_over_the_limit_is_refused_before_reading(settings, make_client, conn):
     settings.max_total_upload_bytes = 10
-    with TestClient(create_app(settings)) as small:
+    with make_client() as small:
         r = small.post("/run_pipeline", content=b"x" * 100_000, headers={"content-type": "multipart/form-data; boundary=x"})
     assert r.status_code == 413 and "more than the" in r.json()["detail"]
     nothing_left(settings, conn)
 
 
-def test_bearer_token_guards_every_route_but_probes(settings, conn):
+def test_bearer_token_guards_every_route_but_probes(settings, make_client, conn):
     settings.api_token = "s3cret"
-    with TestClient(create_app(settings)) as c:
+    with make_client() as c:
         for method, path in (("get", "/jobs"), ("get", "/job_status/" + "a" * 32), ("get", "/metrics"), ("post", "/run_pipeline"), ("delete", "/jobs/" + "a" * 32)):
             r = getattr(c, method)(path)
             assert r.status_code == 401, (method, path, r.status_code)

@@ -10,6 +10,7 @@ import time
 import uuid
 
 import pytest
+from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 
@@ -71,7 +72,7 @@ def test_failed_pipeline_reports_reason_and_is_not_retried(client, dataset, work
     # not retried: RQ holds it as failed with no retries left, nothing is queued for it again
     job = Job.fetch(job_id, connection=conn)
     assert job.retries_left == 0 and job_id in FailedJobRegistry(settings.queue, connection=conn)
-    assert conn.llen(f"rq:queue:{settings.queue}") == 0 and not ScheduledJobRegistry(settings.queue, connection=conn).get_job_ids()
+    assert Queue(settings.queue, connection=conn).count == 0 and not ScheduledJobRegistry(settings.queue, connection=conn).get_job_ids()
     assert status(client, job_id)["attempt"] == 1
 
 

@@ -8,6 +8,8 @@ import os
 import uuid
 
 import pytest
+from rq import Queue
+from rq.job import Job
 
 pytestmark = pytest.mark.reliability
 
@@ -45,7 +47,7 @@ def test_bad_upload_gets_4xx_reason_and_leaves_nothing(client, settings, conn, c
     detail = r.json()["detail"]
     reason = detail if isinstance(detail, str) else detail[0]["msg"]
     assert len(reason) > 10
-    assert conn.llen(f"rq:queue:{settings.queue}") == 0 and conn.keys("rq:job:*") == []
+    assert Queue(settings.queue, connection=conn).count == 0 and conn.keys(Job.key_for("*")) == []
     assert list((settings.data_dir / "jobs").iterdir()) == []
 
 
@@ -54,7 +56,7 @@ def test_tricky_names_are_refused(client, settings, conn, name):
     r = client.post("/run_pipeline", files=[("reads", (name, FQ)), ("reference", ("r.fa", FA))])
     assert r.status_code == 422, (name, r.text)
     assert "file name" in r.json()["detail"][0]["msg"]
-    assert conn.keys("rq:job:*") == [] and list((settings.data_dir / "jobs").iterdir()) == []
+    assert conn.keys(Job.key_for("*")) == [] and list((settings.data_dir / "jobs").iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["ＮＦＫＣ.fq", "naïve ☃.fq", "CON", "read 1 (copy).fq"])

@@ -6,9 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from fastapi.testclient import TestClient
 
-from pipeq.api.app import create_app
 from tests.conftest import wait_for
 from tests.support import pipelines
 
@@ -21,9 +19,9 @@ def _files(dataset):
 
 
 @pytest.mark.parametrize("kill", [True, False], ids=["crash", "clean-restart"])
-def test_restart_with_jobs_queued_and_running_loses_none(redis_server, settings, workers, dataset, tmp_path, kill):
+def test_restart_with_jobs_queued_and_running_loses_none(redis_server, settings, make_client, workers, dataset, tmp_path, kill):
     settings.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
-    with TestClient(create_app(settings)) as client:
+    with make_client() as client:
         ids = [client.post("/run_pipeline", files=_files(dataset)).json()["job_id"] for _ in range(6)]
         for n in range(2):
             workers.start(f"rw{n}", PIPEQ_TEST_SLEEP=2)
@@ -39,19 +37,18 @@ def test_restart_with_jobs_queued_and_running_loses_none(redis_server, settings,
         assert all(w.poll() is None for w in workers.procs.values()), "workers must survive the outage"
 
 
-def test_outage_gives_503_and_recovers_without_restart(redis_server, settings, dataset):
-    with TestClient(create_app(settings)) as client:
-        assert client.get("/readyz").status_code == 200
-        redis_server.stop()
-        try:
-            r = client.post("/run_pipeline", files=_files(dataset))
-            assert r.status_code == 503 and "Redis is unreachable" in r.json()["detail"]
-            ready = client.get("/readyz")
-            assert ready.status_code == 503 and "unreachable" in ready.json()["detail"]
-            assert client.get("/jobs").status_code == 503
-            assert client.get("/healthz").status_code == 200
-            assert not any((settings.data_dir / "jobs").iterdir())
-        finally:
-            redis_server.start()
-        wait_for(lambda: client.get("/readyz").status_code == 200, timeout=10, what="readyz to recover")
-        assert client.post("/run_pipeline", files=_files(dataset)).status_code == 202
+def test_outage_gives_503_and_recovers_without_restart(redis_server, settings, client, dataset):
+    assert client.get("/readyz").status_code == 200
+    redis_server.stop()
+    try:
+        r = client.post("/run_pipeline", files=_files(dataset))
+        assert r.status_code == 503 and "Redis is unreachable" in r.json()["detail"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "unreachable" in ready.json()["detail"]
+        assert client.get("/jobs").status_code == 503
+        assert client.get("/healthz").status_code == 200
+        assert not any((settings.data_dir / "jobs").iterdir())
+    finally:
+        redis_server.start()
+    wait_for(lambda: client.get("/readyz").status_code == 200, timeout=10, what="readyz to recover")
+    assert client.post("/run_pipeline", files=_files(dataset)).status_code == 202

@@ -7,9 +7,9 @@ import os
 import subprocess
 
 import pytest
-from fastapi.testclient import TestClient
+from rq import Queue
+from rq.job import Job
 
-from pipeq.api.app import create_app
 from tests.conftest import wait_for
 from tests.support import pipelines
 
@@ -42,21 +42,21 @@ def _files(dataset):
     return files + [("reference", (dataset.reference.name, dataset.reference.read_bytes()))]
 
 
-def test_full_disk_at_upload_is_507_and_leaves_nothing(settings, conn, dataset, small_disk):
+def test_full_disk_at_upload_is_507_and_leaves_nothing(settings, make_client, conn, dataset, small_disk):
     settings.data_dir = small_disk / "data"
-    with TestClient(create_app(settings)) as client:
+    with make_client() as client:
         fill(small_disk / "filler")
         r = client.post("/run_pipeline", files=_files(dataset))
         assert r.status_code == 507 and "cannot store the uploads" in r.json()["detail"], r.text
         assert list((settings.data_dir / "jobs").iterdir()) == []
-        assert conn.llen(f"rq:queue:{settings.queue}") == 0
+        assert Queue(settings.queue, connection=conn).count == 0
         assert client.get("/healthz").status_code == 200
 
 
-def test_full_disk_in_the_worker_fails_the_job_with_the_reason(settings, workers, dataset, small_disk, tmp_path):
+def test_full_disk_in_the_worker_fails_the_job_with_the_reason(settings, make_client, workers, dataset, small_disk, tmp_path):
     settings.data_dir = small_disk / "data"
     settings.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
-    with TestClient(create_app(settings)) as client:
+    with make_client() as client:
         job_id = client.post("/run_pipeline", files=_files(dataset)).json()["job_id"]
         fill(small_disk / "filler")
         workers.start(PIPEQ_TEST_SLEEP=0)
@@ -81,24 +81,24 @@ def read_only_later(small_disk):
     subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=False)
 
 
-def test_unwritable_data_folder_at_upload_is_507_and_api_stays_up(settings, conn, dataset, read_only_later):
+def test_unwritable_data_folder_at_upload_is_507_and_api_stays_up(settings, make_client, conn, dataset, read_only_later):
     mnt, make_read_only = read_only_later
     settings.data_dir = mnt / "data"
-    with TestClient(create_app(settings)) as client:
+    with make_client() as client:
         make_read_only()
         r = client.post("/run_pipeline", files=_files(dataset))
         print(f"\nread-only data folder at upload: {r.status_code} {r.json()['detail']}")
         assert r.status_code == 507 and "read-only file system" in r.json()["detail"].lower(), r.text
-        assert conn.llen(f"rq:queue:{settings.queue}") == 0 and conn.keys("rq:job:*") == []
+        assert Queue(settings.queue, connection=conn).count == 0 and conn.keys(Job.key_for("*")) == []
         assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
         assert client.get("/jobs").status_code == 200
 
 
-def test_unwritable_data_folder_in_the_worker_fails_the_job_with_the_reason(settings, workers, dataset, tmp_path, read_only_later):
+def test_unwritable_data_folder_in_the_worker_fails_the_job_with_the_reason(settings, make_client, workers, dataset, tmp_path, read_only_later):
     mnt, make_read_only = read_only_later
     settings.data_dir = mnt / "data"
     settings.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
-    with TestClient(create_app(settings)) as client:
+    with make_client() as client:
         job_id = client.post("/run_pipeline", files=_files(dataset)).json()["job_id"]
         make_read_only()
         workers.start(PIPEQ_TEST_SLEEP=0)

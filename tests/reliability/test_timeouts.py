@@ -10,9 +10,7 @@ import time
 import uuid
 
 import pytest
-from fastapi.testclient import TestClient
 
-from pipeq.api.app import create_app
 from tests.conftest import wait_for
 from tests.support import pipelines
 
@@ -52,10 +50,10 @@ def marker():
             pass
 
 
-def test_timeout_kills_the_whole_tree(settings, workers, dataset, tmp_path, marker):
+def test_timeout_kills_the_whole_tree(settings, make_client, workers, dataset, tmp_path, marker):
     settings.pipeline = pipelines.write(tmp_path, "tree.sh", TREE)
     settings.pipeline_timeout, settings.kill_grace = 2, 1
-    with TestClient(create_app(settings)) as client:
+    with make_client() as client:
         job_id = client.post("/run_pipeline", files=_files(dataset)).json()["job_id"]
         workers.start(PIPEQ_TEST_MARKER=marker)
         wait_for(lambda: len(_left(marker)) >= EXPECTED, timeout=20, what="the pipeline's processes")
@@ -69,11 +67,11 @@ def test_timeout_kills_the_whole_tree(settings, workers, dataset, tmp_path, mark
         assert time.monotonic() - t_end < 1
 
 
-def test_killed_worker_takes_the_whole_tree_with_it(settings, workers, dataset, tmp_path, marker):
+def test_killed_worker_takes_the_whole_tree_with_it(settings, make_client, workers, dataset, tmp_path, marker):
     """SIGKILL of the worker alone (as the OOM killer would): the guard kills the tree."""
     settings.pipeline = pipelines.write(tmp_path, "tree.sh", TREE)
     settings.pipeline_timeout, settings.kill_grace, settings.retries = 600, 1, 0
-    with TestClient(create_app(settings)) as client:
+    with make_client() as client:
         client.post("/run_pipeline", files=_files(dataset))
         proc = workers.start(PIPEQ_TEST_MARKER=marker)
         wait_for(lambda: len(_left(marker)) >= EXPECTED, timeout=20, what="the pipeline's processes")

@@ -17,11 +17,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from rq import Worker
 from rq.job import Job
 
-from pipeq.api.app import create_app
 from tests.conftest import ROOT, wait_for
 from tests.support import pipelines
 
@@ -142,7 +140,7 @@ EACH = os.environ.get("PIPEQ_FAULTS_EACH") == "1"
 
 @pytest.mark.parametrize("kind", ["mixed", *[pytest.param(k, marks=pytest.mark.skipif(not EACH, reason="PIPEQ_FAULTS_EACH=1 runs each kind alone"))
                                               for k in Faults.KINDS]])
-def test_transient_faults_lose_nothing_and_run_nothing_twice(kind, redis_server, redis_proxy, conn, settings, workers, small_dataset, tmp_path):
+def test_transient_faults_lose_nothing_and_run_nothing_twice(kind, redis_server, redis_proxy, conn, settings, make_client, workers, small_dataset, tmp_path):
     trace, gate = tmp_path / "trace", tmp_path / "gate"
     gate.mkdir()
     settings.pipeline = pipelines.write(tmp_path, "traced.sh", TRACED)
@@ -151,7 +149,7 @@ def test_transient_faults_lose_nothing_and_run_nothing_twice(kind, redis_server,
     api_settings = settings.model_copy()  # the API talks to Redis directly: this test is about workers
     settings.redis_url = redis_proxy.url
     logs = []
-    with TestClient(create_app(api_settings)) as client:
+    with make_client(api_settings) as client:
         ids = [client.post("/run_pipeline", files=_files(small_dataset)).json()["job_id"] for _ in range(JOBS)]
         env = dict(PIPEQ_TEST_TRACE=trace, PIPEQ_TEST_GATE=gate if kind in ("publish_blackhole", "mixed") else "")
         for n in range(POOL):
@@ -195,7 +193,7 @@ def test_transient_faults_lose_nothing_and_run_nothing_twice(kind, redis_server,
     assert "Traceback" not in text or "LeaseLost" not in text
 
 
-def test_idle_workers_take_jobs_within_seconds_after_an_outage(redis_proxy, conn, settings, workers, small_dataset, tmp_path):
+def test_idle_workers_take_jobs_within_seconds_after_an_outage(redis_proxy, conn, settings, make_client, workers, small_dataset, tmp_path):
     """RQ backs off up to 60 s between reconnections of an idle worker; pipeq's retry every
     2 s at most, so a job submitted as Redis comes back starts within seconds."""
     settings.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
@@ -207,7 +205,7 @@ def test_idle_workers_take_jobs_within_seconds_after_an_outage(redis_proxy, conn
     redis_proxy.disable()
     time.sleep(9)  # RQ's own backoff would wait 8 s after the try at 7 s (1 + 2 + 4)
     redis_proxy.enable()
-    with TestClient(create_app(api_settings)) as client:
+    with make_client(api_settings) as client:
         t0 = time.monotonic()
         job_id = client.post("/run_pipeline", files=_files(small_dataset)).json()["job_id"]
         wait_for(lambda: client.get(f"/job_status/{job_id}").json()["status"] != "queued", timeout=30, interval=0.1, what="the job to start")
@@ -216,7 +214,7 @@ def test_idle_workers_take_jobs_within_seconds_after_an_outage(redis_proxy, conn
     assert waited < 4, f"dispatch resumed after {waited:.1f}s"
 
 
-def test_api_during_stalls_answers_202_or_503_and_keeps_its_word(redis_proxy, conn, settings, small_dataset):
+def test_api_during_stalls_answers_202_or_503_and_keeps_its_word(redis_proxy, conn, settings, make_client, small_dataset):
     """Submissions while Redis stalls (replies held past the API's timeout, or delayed):
     each gets 202 or 503, never 500; every 202 is a job that exists with its inputs, and
     every 503 left nothing on disk."""
@@ -234,7 +232,7 @@ def test_api_during_stalls_answers_202_or_503_and_keeps_its_word(redis_proxy, co
             first = False
             done.wait(rng.uniform(0.3, 1.5))
 
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with make_client(raise_server_exceptions=False) as client:
         t = threading.Thread(target=stalls, daemon=True)
         t.start()
         deadline = time.monotonic() + 12
@@ -254,7 +252,7 @@ def test_api_during_stalls_answers_202_or_503_and_keeps_its_word(redis_proxy, co
     assert on_disk == accepted, (on_disk - accepted, accepted - on_disk)
 
 
-def test_scaler_holds_workers_while_redis_stalls_and_recovers(redis_proxy, conn, settings, small_dataset, tmp_path):
+def test_scaler_holds_workers_while_redis_stalls_and_recovers(redis_proxy, conn, settings, make_client, small_dataset, tmp_path):
     """The scaling loop (pipeq dev's supervisor: the same policy as the operator) with its
     Redis link blackholed: it holds its busy workers instead of scaling down blind, and
     scales again by itself once Redis answers."""
@@ -268,7 +266,7 @@ def test_scaler_holds_workers_while_redis_stalls_and_recovers(redis_proxy, conn,
     settings.redis_url = redis_proxy.url
     sup = Supervisor(settings, env)
     try:
-        with TestClient(create_app(api_settings)) as client:
+        with make_client(api_settings) as client:
             ids = [client.post("/run_pipeline", files=_files(small_dataset)).json()["job_id"] for _ in range(2)]
             wait_for(lambda: sup.step() and len(sup.workers) == 2 and
                      all(client.get(f"/job_status/{i}").json()["status"] == "started" for i in ids),

@@ -10,6 +10,8 @@ import signal
 
 import pytest
 import redis
+from rq import Queue
+from rq.job import Job
 
 from pipeq import queue
 from tests.conftest import wait_for
@@ -53,7 +55,7 @@ def test_unanswered_enqueue_keeps_a_queued_jobs_inputs(client, settings, conn, r
     assert r.status_code in (202, 503), r.text
     jobs_dir = settings.data_dir / "jobs"
     folders = sorted(p.name for p in jobs_dir.iterdir()) if jobs_dir.exists() else []
-    queued = [i.decode() for i in conn.lrange(f"rq:queue:{settings.queue}", 0, -1)]
+    queued = Queue(settings.queue, connection=conn).get_job_ids()
     print(f"\nunanswered enqueue: {r.status_code}, queued {queued}, folders {folders}")
     if r.status_code == 202:
         job_id = r.json()["job_id"]
@@ -61,5 +63,5 @@ def test_unanswered_enqueue_keeps_a_queued_jobs_inputs(client, settings, conn, r
         assert folders == [job_id]
         assert sorted(p.name for p in (jobs_dir / job_id / "inputs").iterdir()) == ["r.fq", "ref.fa"]
     else:
-        assert queued == [] and conn.keys("rq:job:*") == []
+        assert queued == [] and conn.keys(Job.key_for("*")) == []
         assert folders == []

@@ -11,10 +11,8 @@ import time
 from collections import defaultdict
 
 import pytest
-from fastapi.testclient import TestClient
 
 from pipeq import queue
-from pipeq.api.app import create_app
 from tests.conftest import wait_for
 from tests.support import pipelines
 
@@ -23,7 +21,7 @@ pytestmark = pytest.mark.reliability
 JOBS, KILLS, POOL = 20, 5, 4
 
 
-def test_killed_workers_lose_and_duplicate_nothing(settings, workers, dataset, tmp_path):
+def test_killed_workers_lose_and_duplicate_nothing(settings, make_client, workers, dataset, tmp_path):
     settings.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
     # a lease long enough that a loaded CI machine does not stall a renewal past it
     settings.lease_seconds, settings.retries = 5, 3
@@ -32,7 +30,7 @@ def test_killed_workers_lose_and_duplicate_nothing(settings, workers, dataset, t
     rng = random.Random(20)
     files = [("reads", (p.name, p.read_bytes())) for p in dataset.reads]
     files.append(("reference", (dataset.reference.name, dataset.reference.read_bytes())))
-    with TestClient(create_app(settings)) as client:
+    with make_client() as client:
         ids = [client.post("/run_pipeline", files=files).json()["job_id"] for _ in range(JOBS)]
         spawned = 0
 
