@@ -6,7 +6,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -17,14 +16,10 @@ from pathlib import Path
 
 import httpx
 
+from pipeq.redis_server import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 WRK_LUA = Path(__file__).with_name("wrk.lua")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _proc_stats() -> dict[int, list[str]]:

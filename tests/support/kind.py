@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from tests.support.cluster import kubectl_path, tools_bin_dir
+from tests.support.servers import free_port
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     cluster = KindCluster(a.name, workdir).up()
     # a port-forward that outlives this command, stopped by `down`
-    port = _free_port()
+    port = free_port()
     with open(workdir / "port-forward.log", "ab") as out:
         forward = subprocess.Popen(
             [kubectl_path(), "port-forward", "-n", NAMESPACE, f"svc/{RELEASE}-api", "--address", "127.0.0.1",
@@ -291,14 +292,6 @@ def _ready(url: str) -> bool:
         return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":
