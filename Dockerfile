@@ -20,6 +20,9 @@ COPY pipeq ./pipeq
 RUN /opt/pipeq/bin/pip install --no-cache-dir --disable-pip-version-check --find-links /wheels --no-deps . \
  && find /opt/pipeq -name __pycache__ -prune -exec rm -rf {} +
 
+# scripts/images.sh removes the results of older build stages by this label
+LABEL pipeq.dev/stage=build
+
 FROM debian:bookworm-slim
 LABEL org.opencontainers.image.title="pipeq" \
       org.opencontainers.image.description="pipeq API and WorkerPool operator"

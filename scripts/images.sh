@@ -38,9 +38,16 @@ mkdir -p build/wheels
 cp "$wheels"/*.whl build/wheels/
 
 export DOCKER_BUILDKIT=0
+# Each build that changes an image leaves the one it replaced, and its build stage's result,
+# untagged (~0.9 GB a code change, kept by a machine that runs CI again and again): build()
+# removes the image it replaced, and the end of this script all but the newest stage results.
 build() {  # NAME DOCKERFILE
-  local start; start=$(date +%s.%N)
+  local start old new; start=$(date +%s.%N)
+  old=$(docker image inspect -f '{{.Id}}' "$1:$tag" 2>/dev/null || true)
   docker build -q --build-arg PIP_NO_INDEX=1 -f "$2" -t "$1:$tag" . >/dev/null
+  new=$(docker image inspect -f '{{.Id}}' "$1:$tag")
+  # refused (and left) while another tag or a container uses it
+  if [ -n "$old" ] && [ "$old" != "$new" ]; then docker rmi "$old" >/dev/null 2>&1 || true; fi
   printf 'pipeq: built %s:%s in %ss (%s)\n' "$1" "$tag" "$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')" \
     "$(docker image inspect -f '{{.Size}}' "$1:$tag" | awk '{printf "%.0f MB", $1/1e6}')" >&2
 }
@@ -52,3 +59,5 @@ for w in "${which[@]}"; do
     *) echo "scripts/images.sh: unknown image $w (pipeq, worker, redis)" >&2; exit 2 ;;
   esac
 done
+# the newest result of each Dockerfile's build stage is the cache of the next build: keep two
+docker images -q -f dangling=true -f label=pipeq.dev/stage=build | tail -n +3 | xargs -r docker rmi >/dev/null 2>&1 || true
