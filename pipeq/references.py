@@ -7,11 +7,19 @@ addresses (SSRF) or a bucket its credentials reach but the user should not. An e
 ``scheme://host[:port]``, and ``*.`` before a host allows its subdomains; in the job store's
 own bucket, where presigned uploads land, ``<PREFIX>/uploads/`` is always allowed. Redirects are
 not followed (a redirect could point anywhere).
+
+A host allowed only by a ``*.`` entry is reached at public addresses alone: its name is
+resolved, internal addresses (private, loopback, link-local such as the cloud's metadata
+service, ...) are refused, and the connection goes to an address that was checked, so a
+subdomain whose DNS names an internal address, or changes to one after the check, reaches
+nothing inside. Name an internal server exactly (``http://data.lab:8080``) to allow it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -60,13 +68,28 @@ def allowed(url: str, settings: Settings) -> str | None:
         uploads = "/".join(p for p in (own.path.strip("/"), "uploads") if p) + "/"
         if host == own.hostname and parts.path.lstrip("/").startswith(uploads):
             return None  # a presigned upload (POST /uploads) into the job store
-    for entry in allow_list(settings):
-        scheme, _, pattern = entry.partition("://")
-        if scheme != parts.scheme:
-            continue
-        if pattern == host or (pattern.startswith("*.") and host.endswith(pattern[1:])):
-            return None
+    if _entry_for(parts.scheme, host, settings) is not None:
+        return None
     return f"the host {parts.scheme}://{host} is not allowed (PIPEQ_REFERENCE_HOSTS)"
+
+
+def public_only(url: str, settings: Settings) -> bool:
+    """Whether ``url`` (allowed) may be read from public addresses only: an http(s) host that
+    only a ``*.`` entry allows, not one named exactly."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return False
+    host = (parts.hostname or "").lower() + (f":{parts.port}" if parts.port else "")
+    entry = _entry_for(parts.scheme, host, settings)
+    return entry is None or entry.startswith("*.")
+
+
+def _entry_for(scheme: str, host: str, settings: Settings) -> str | None:
+    """The allow-list pattern that lets ``scheme://host`` in, the exact one first."""
+    patterns = [e.partition("://")[2] for e in allow_list(settings) if e.partition("://")[0] == scheme]
+    if host in patterns:
+        return host
+    return next((p for p in patterns if p.startswith("*.") and host.endswith(p[1:])), None)
 
 
 def allow_list(settings: Settings) -> list[str]:
@@ -78,16 +101,18 @@ def name_of(url: str, fallback: str) -> str:
     return storage.sanitize_filename(unquote(urlsplit(url).path.rsplit("/", 1)[-1]), fallback)
 
 
-def head(url: str, nbytes: int = HEAD_RANGE) -> Head:
+def head(url: str, nbytes: int = HEAD_RANGE, *, public: bool = True) -> Head:
     """A ranged read of the first ``nbytes`` of the object. Raises Refused (missing,
-    forbidden, unreachable; the message names the URL's problem)."""
+    forbidden, unreachable, an internal address where ``public`` (see :func:`public_only`);
+    the message names the URL's problem)."""
     if url.startswith("s3://"):
         return _s3_head(url, nbytes)
-    return _http_head(url, nbytes)
+    return _http_head(url, nbytes, public)
 
 
-def fetch(url: str, out: BinaryIO) -> None:
-    """Copy the whole object into ``out``. Raises Unavailable when it cannot be read."""
+def fetch(url: str, out: BinaryIO, *, public: bool = True) -> None:
+    """Copy the whole object into ``out`` (from public addresses only, with ``public``).
+    Raises Unavailable when it cannot be read."""
     try:
         if url.startswith("s3://"):
             from pipeq import s3
@@ -96,7 +121,7 @@ def fetch(url: str, out: BinaryIO) -> None:
             with s3.errors(url):
                 s3.shared_client().download_fileobj(bucket, key, out)
             return
-        with _open(urllib.request.Request(url)) as r:
+        with _open(urllib.request.Request(url), public) as r:
             while chunk := r.read(1024 * 1024):
                 out.write(chunk)
     except (Refused, NotFound) as e:
@@ -120,10 +145,10 @@ def _s3_head(url: str, nbytes: int) -> Head:
     return Head(data, _length(got.get("ContentRange"), len(data)))
 
 
-def _http_head(url: str, nbytes: int) -> Head:
+def _http_head(url: str, nbytes: int, public: bool) -> Head:
     request = urllib.request.Request(url, headers={"Range": f"bytes=0-{nbytes - 1}"})
     try:
-        with _open(request) as r:
+        with _open(request, public) as r:
             data = r.read(nbytes)
             if r.status == 206:
                 return Head(data, _length(r.headers.get("Content-Range"), len(data)))
@@ -145,12 +170,71 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         raise Refused(f"it redirects ({code}) elsewhere; give the final URL")
 
 
-_opener = urllib.request.build_opener(_NoRedirects)
+def is_public(address: str) -> bool:
+    """Whether an IP address is a public one (not private, loopback, link-local, reserved...)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
 
 
-def _open(request: urllib.request.Request):
+def _public_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None, **_):
+    """socket.create_connection to the first public address of the host; internal ones are
+    never connected to."""
+    host, port = address
     try:
-        return _opener.open(request, timeout=TIMEOUT)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise OSError(f"cannot resolve {host}: {e.strerror}") from None
+    public = [i for i in infos if is_public(i[4][0])]
+    if not public:
+        raise Refused(f"{host} resolves to an internal address ({infos[0][4][0]}), and only an entry "
+                      "that names the host exactly may reach one (PIPEQ_REFERENCE_HOSTS)")
+    error: OSError | None = None
+    for family, type_, proto, _, sockaddr in public:
+        sock = socket.socket(family, type_, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as e:
+            sock.close()
+            error = e
+    raise error
+
+
+class _PublicOnly:
+    """A urllib handler whose connections reach public addresses only."""
+
+    def do_open(self, http_class, req, **kwargs):
+        class Connection(http_class):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, **kw)
+                self._create_connection = _public_connection
+
+        return super().do_open(Connection, req, **kwargs)
+
+
+class _PublicHTTP(_PublicOnly, urllib.request.HTTPHandler):
+    pass
+
+
+class _PublicHTTPS(_PublicOnly, urllib.request.HTTPSHandler):
+    pass
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
+_public_opener = urllib.request.build_opener(_NoRedirects, _PublicHTTP, _PublicHTTPS)
+
+
+def _open(request: urllib.request.Request, public: bool):
+    try:
+        return (_public_opener if public else _opener).open(request, timeout=TIMEOUT)
+    except Refused:
+        raise
     except urllib.error.HTTPError as e:
         if e.code == 416:
             raise

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     api_token: str | None = Field(None, description="When set, every route but /healthz and /readyz needs 'Authorization: Bearer <token>'.")
     max_upload_bytes: int = Field(2 * 1024**3, description="Largest accepted size of one uploaded file (413 above).")
     max_total_upload_bytes: int = Field(4 * 1024**3, description="Largest accepted size of all files of one submission (413 above).")
-    reference_hosts: str = Field("", description="Comma-separated `scheme://host[:port]` entries (`*.` for subdomains) that inputs given by URL may come from, e.g. `https://*.ebi.ac.uk,s3://lab-data`; nothing else is fetched (but presigned uploads, in the job store's bucket).")
+    reference_hosts: str = Field("", description="Comma-separated `scheme://host[:port]` entries (`*.` for subdomains) that inputs given by URL may come from, e.g. `https://*.ebi.ac.uk,s3://lab-data`; nothing else is fetched (but presigned uploads, in the job store's bucket). A host allowed by a `*.` entry is read from public addresses only; name an internal server exactly.")
     presigned_upload_bytes: int = Field(64 * 1024**2, ge=0, description="With object storage: the web page uploads files larger than this straight to the store (POST /uploads, presigned URLs) instead of through the API.")
     s3_public_endpoint: str | None = Field(None, description="With object storage: the endpoint that presigned upload URLs name, when uploaders reach the store at another address than pipeq does (AWS_ENDPOINT_URL).")
     job_ttl: int = Field(7 * 24 * 3600, description="Seconds a finished, failed or canceled job is kept in Redis and listed.")

@@ -119,7 +119,7 @@ def _attempt(settings: Settings, job, attempt, number: int, reads: list[str], re
         attempt.inputs.mkdir(parents=True, exist_ok=True)
         for name, url in sources.items():
             with open(attempt.inputs / name, "wb") as out:
-                references.fetch(url, out)
+                references.fetch(url, out, public=references.public_only(url, settings))
     except OSError as e:
         fail("storage error", f"cannot copy the inputs to scratch: {e.strerror or e}")
     except Unavailable as e:

@@ -255,7 +255,10 @@ def test_bad_references_are_4xx_naming_the_url_and_leave_nothing(client, backend
         ({"reads": reads, "reference": f"{referenced['http']}/redirect/ref.fa"}, "redirects"),
         ({"reads": reads, "reference": f"{referenced['http']}/missing.fa"}, "answered 404"),
         ({"reads": reads, "reference": "file:///etc/passwd"}, "s3:// or https://"),
+        # allowed by a wildcard, but its address is internal: never connected to
+        ({"reads": reads, "reference": "http://127.0.0.2:9/ref.fa"}, "resolves to an internal address"),
     ]
+    backend.reference_hosts += ", http://*.0.0.2:9"
     for body, why in cases:
         r = client.post("/run_pipeline", json=body)
         assert r.status_code == 422, (body, r.text)

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from pipeq import references
 from pipeq.references import allowed, name_of
 from pipeq.settings import Settings
 from pipeq.validate import InvalidInput, check_fastq, head_of
@@ -31,6 +32,23 @@ def test_only_listed_schemes_and_hosts_are_allowed():
     ):
         assert why in (allowed(bad, s) or ""), bad
     assert allowed("s3://jobs-bucket/x", Settings()) is not None  # the file backend has no bucket
+
+
+def test_hosts_allowed_by_a_wildcard_are_read_from_public_addresses_only():
+    s = Settings(reference_hosts="https://*.ebi.ac.uk,https://data.lab:8443,http://*.0.0.1:8080")
+    assert references.public_only("https://ftp.ebi.ac.uk/r.fq", s)
+    assert not references.public_only("https://data.lab:8443/r.fq", s)  # named exactly: the admin's choice
+    assert not references.public_only("s3://lab-data/r.fq", s)  # the store's endpoint is configured, not given
+    for internal in ("10.0.0.5", "127.0.0.1", "169.254.169.254", "192.168.1.1", "::1", "fd00::1", "fe80::1%eth0",
+                     "::ffff:10.0.0.1", "100.64.0.1", "0.0.0.0", "224.0.0.1"):
+        assert not references.is_public(internal), internal
+    for public in ("8.8.8.8", "193.62.193.8", "2001:4860:4860::8888"):
+        assert references.is_public(public), public
+    # a wildcard that matches a host whose address is internal: refused before any connection
+    url = "http://127.0.0.1:8080/ref.fa"
+    assert allowed(url, s) is None and references.public_only(url, s)
+    with pytest.raises(references.Refused, match="internal address"):
+        references.head(url, public=True)
 
 
 def test_names_come_from_the_last_path_segment():

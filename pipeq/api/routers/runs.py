@@ -145,7 +145,7 @@ def _submit_references(settings: Settings, conn: redis.Redis, job_id: str, given
         if why := references.allowed(url, settings):
             raise Rejected(422, label, f"{url}: {why}")
         try:
-            head = references.head(url)
+            head = references.head(url, public=references.public_only(url, settings))
         except references.Refused as e:
             raise Rejected(422, label, f"{url}: {e}") from None
         if head.length > settings.max_upload_bytes:
