@@ -9,10 +9,7 @@ is about scaling, not about the pipeline.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -25,6 +22,7 @@ from rq.job import Job
 from pipeq import queue
 from pipeq.redis_server import RedisServer
 from tests.support.cluster import ROOT, free_port, wait_for
+from tests.support.servers import Process
 
 pytestmark = pytest.mark.cluster
 
@@ -41,17 +39,20 @@ echo "PROGRESS 100 done"
 
 
 class Operator:
+    """``pipeq operator`` with its liveness probe and metrics on free ports, its output in ``log``."""
+
     def __init__(self, env: dict, log: Path):
         self.liveness = free_port()
         self.metrics = free_port()
         self.log = log
-        self.env = dict(env, PIPEQ_OPERATOR_METRICS_PORT=str(self.metrics), PYTHONPATH=str(ROOT))
+        self.proc = Process(
+            "pipeq operator",
+            [sys.executable, "-m", "pipeq.operator.main", "--liveness", f"http://127.0.0.1:{self.liveness}/healthz"],
+            log, env=dict(env, PIPEQ_OPERATOR_METRICS_PORT=str(self.metrics), PYTHONPATH=str(ROOT)), cwd=ROOT)
         self.start()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeq.operator.main", "--liveness", f"http://127.0.0.1:{self.liveness}/healthz"],
-            env=self.env, cwd=ROOT, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc.start()
 
     def get(self, port: int, path: str) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
@@ -64,16 +65,10 @@ class Operator:
             return False
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        self.proc.stop(grace=20)
 
     def tail(self, n: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        return self.proc.tail(n)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ stopped at the end with nothing left behind, its output in a log file.
     ...
     proc.stop()       # SIGTERM to its process group, SIGKILL after the grace
 
-Used by the S3 server (s3server.py), toxiproxy (toxiproxy.py) and the control plane
-(cluster.py). The tests' redis-server is pipeq's own (pipeq/redis_server.py: pipeq dev
+Used by the S3 server (s3server.py), toxiproxy (toxiproxy.py), the control plane
+(cluster.py) and the operator of the cluster tests (tests/cluster/test_operator.py). The tests' redis-server is pipeq's own (pipeq/redis_server.py: pipeq dev
 embeds it), which cannot import from tests/.
 """
 
@@ -43,8 +43,9 @@ class Process:
 
     ``start`` may be called again after ``stop`` (a restart on the same ports)."""
 
-    def __init__(self, name: str, argv: list[str], log: Path):
+    def __init__(self, name: str, argv: list[str], log: Path, *, env: dict[str, str] | None = None, cwd: Path | None = None):
         self.name, self.argv, self.log = name, argv, Path(log)
+        self.env, self.cwd = env, cwd
         self.popen: subprocess.Popen | None = None
 
     def start(self) -> Process:
@@ -55,7 +56,7 @@ class Process:
             # own session: a signal to the group reaches everything it started; pdeathsig:
             # if the test process dies hard, the kernel kills this one too.
             self.popen = subprocess.Popen(prefix + self.argv, stdin=subprocess.DEVNULL, stdout=out,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+                                          stderr=subprocess.STDOUT, start_new_session=True, env=self.env, cwd=self.cwd)
         return self
 
     def alive(self) -> bool:
