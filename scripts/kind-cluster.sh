@@ -10,8 +10,9 @@
 # .kind/NAME/kubeconfig under the repository) and prints its path. It returns once every node
 # is Ready, CoreDNS answers and, unless --no-check, a pod in a namespace enforcing the
 # `restricted` Pod Security level, as uid 10001 with an fsGroup, has written to a PVC of the
-# default StorageClass and reached a Service by its DNS name through its ClusterIP
-# (kube-proxy, iptables mode). On failure it prints what it saw and deletes the cluster.
+# default StorageClass, resolved `kubernetes.default` (the search path) and reached a Service
+# by its DNS name through its ClusterIP (kube-proxy, iptables mode). On failure it prints what
+# it saw and deletes the cluster.
 #
 # On the assembled image (no registry here): no default CNI (kindnetd cannot be had), a
 # bridge conflist that containerd writes from each node's podCIDR, routes between the nodes'
@@ -158,6 +159,7 @@ spec:
       id
       echo written-by-\$(id -u) > /data/probe && cat /data/probe && ls -ln /data
       getent hosts echo.kind-check.svc.cluster.local
+      getent hosts kubernetes.default
       for i in \$(seq 30); do
         (exec 3<>/dev/tcp/echo.kind-check.svc.cluster.local/80) 2>/dev/null && break
         sleep 1

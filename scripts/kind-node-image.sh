@@ -44,7 +44,7 @@ scripts/docker.sh base >&2
 # (the kind version among them), the pause source, and the base image's id (which stands for
 # scripts/docker.sh's part).
 inputs=(scripts/kind-node-image.sh tools/build.sh tools/gobuild.sh tools/cache.sh
-        tools/go.mod tools/go.sum tools/kind-node/* tools/pause/main.go
+        tools/go.mod tools/go.sum tools/kind-node/* tools/{coredns,pause}/main.go
         tools/{kind,coredns,local-path-provisioner,pause}/go.mod
         tools/{kind,coredns,local-path-provisioner}/go.sum)
 hash=$( { sha256sum "${inputs[@]}"; docker image inspect -f '{{.Id}}' "$base_image"; } \

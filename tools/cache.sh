@@ -17,11 +17,14 @@ cache_root() {
 
 # Print the first LEN hex digits of a hash of REV (bumped when a recipe changes in a way the
 # module does not show), the module of the current directory as `go mod edit -json` reads it
-# (its meaning, not its comments or layout) and its go.sum (absent in a module without
-# dependencies). The text hashed is exactly what build.sh (LEN 8) and gobuild.sh (LEN 10)
-# hashed before this file existed: change it and every warm entry is a miss.
+# (its meaning, not its comments or layout), its go.sum (absent in a module without
+# dependencies) and its own .go files (a main of ours: tools/coredns, tools/pause; the other
+# modules have none, so nothing is added for them). The text hashed is exactly what build.sh
+# (LEN 8) and gobuild.sh (LEN 10) hashed before this file existed, plus those .go files:
+# change it and every warm entry is a miss.
 module_hash() { # REV LEN
-  { echo "$1"; go mod edit -json; cat go.sum 2>/dev/null || true; } | sha256sum | cut -c1-"$2"
+  { echo "$1"; go mod edit -json; cat go.sum 2>/dev/null || true
+    find . -maxdepth 1 -name '*.go' | LC_ALL=C sort | xargs -r cat; } | sha256sum | cut -c1-"$2"
 }
 
 # Print DIR/bin, after building it with BUILD_FN unless DIR/.complete is there. With MODE
