@@ -26,10 +26,11 @@ LABEL pipeq.dev/stage=build
 FROM debian:bookworm-slim
 LABEL org.opencontainers.image.title="pipeq" \
       org.opencontainers.image.description="pipeq API and WorkerPool operator"
-# python3 for the venv; tini as PID 1 reaps zombies and passes signals on
+# python3 for the venv; tini as PID 1 reaps zombies and passes signals on; ca-certificates
+# so that https:// inputs by URL (and S3 over TLS) can be verified
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 tini \
+ && apt-get install -y --no-install-recommends python3 tini ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin pipeq
 COPY --from=build /opt/pipeq /opt/pipeq

@@ -3,7 +3,8 @@
 # Idempotent and quick when everything is present (no apt call at all then).
 set -euo pipefail
 need=()
-for pair in redis-server:redis-server fastp:fastp minimap2:minimap2 samtools:samtools bcftools:bcftools bgzip:tabix; do
+# openssl: the tests' TLS server certificates
+for pair in redis-server:redis-server fastp:fastp minimap2:minimap2 samtools:samtools bcftools:bcftools bgzip:tabix openssl:openssl; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

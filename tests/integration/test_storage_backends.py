@@ -207,12 +207,14 @@ def test_s3_sink_streams_parts_and_checks_as_it_goes(s3_server, monkeypatch):
 
 
 @pytest.fixture
-def referenced(backend, s3_server, dataset, monkeypatch):
-    """The dataset in a bucket of its own and on a local HTTP server, both allowed; the
-    AWS variables set on either backend (the workers fetch s3:// references with them)."""
+def referenced(backend, s3_server, dataset, monkeypatch, tmp_path):
+    """The dataset in a bucket of its own, on a local HTTP server and on a local HTTPS server
+    (its CA trusted through SSL_CERT_FILE), all allowed, and on an HTTPS server of a CA nobody
+    trusts; the AWS variables set on either backend (the workers fetch s3:// references with
+    them)."""
     import uuid
 
-    from tests.support.httpfiles import FileServer
+    from tests.support.httpfiles import FileServer, make_ca
 
     bucket = f"refs-{uuid.uuid4().hex[:12]}"
     s3_server.make_bucket(bucket)
@@ -221,14 +223,20 @@ def referenced(backend, s3_server, dataset, monkeypatch):
     c = s3_server.client()
     for p in (*dataset.reads, dataset.reference):
         c.upload_file(str(p), bucket, f"lab/{p.name}")
-    with FileServer(dataset.reference.parent) as http:
-        backend.reference_hosts = f"s3://{bucket}, {http.url}"
-        yield {"s3": f"s3://{bucket}/lab", "http": http.url, "bucket": bucket}
+    ca, tls = make_ca(tmp_path / "ca")
+    _, untrusted_tls = make_ca(tmp_path / "other-ca")
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the API here and the workers it starts
+    root = dataset.reference.parent
+    with FileServer(root) as http, FileServer(root, tls=tls) as https, FileServer(root, tls=untrusted_tls) as untrusted:
+        backend.reference_hosts = f"s3://{bucket}, {http.url}, {https.url}, {untrusted.url}"
+        yield {"s3": f"s3://{bucket}/lab", "http": http.url, "https": https.url, "untrusted": untrusted.url,
+               "bucket": bucket}
 
 
 def test_inputs_by_reference_run(client, backend, dataset, referenced, workers):
     body = {
-        "reads": [f"{referenced['s3']}/{p.name}" for p in dataset.reads],
+        # one from each kind of place: a bucket, an HTTPS server (TLS verified), plain HTTP
+        "reads": [f"{referenced['s3']}/{dataset.reads[0].name}", f"{referenced['https']}/{dataset.reads[1].name}"],
         "reference": f"{referenced['http']}/{dataset.reference.name}",
         "sample": "S2",
     }
@@ -254,6 +262,7 @@ def test_bad_references_are_4xx_naming_the_url_and_leave_nothing(client, backend
         ({"reads": reads, "reference": "http://169.254.169.254/latest/meta-data/ref.fa"}, "http://169.254.169.254 is not allowed"),
         ({"reads": reads, "reference": f"{referenced['http']}/redirect/ref.fa"}, "redirects"),
         ({"reads": reads, "reference": f"{referenced['http']}/missing.fa"}, "answered 404"),
+        ({"reads": reads, "reference": f"{referenced['untrusted']}/{dataset.reference.name}"}, "CERTIFICATE_VERIFY_FAILED"),
         ({"reads": reads, "reference": "file:///etc/passwd"}, "s3:// or https://"),
         # allowed by a wildcard, but its address is internal: never connected to
         ({"reads": reads, "reference": "http://127.0.0.2:9/ref.fa"}, "resolves to an internal address"),
@@ -372,3 +381,15 @@ def test_store_down_while_a_job_runs_fails_it_and_keeps_its_inputs(settings, mak
             assert s["status"] == "finished" and s["attempt"] == 2, s
     finally:
         server.stop()
+
+
+def test_public_only_connections_speak_verified_tls(referenced, dataset, monkeypatch):
+    """The connection that checks addresses is the one TLS runs over: with loopback counted as
+    public here, a wildcard-allowed HTTPS host is read, and the untrusted one still refused."""
+    from pipeq import references
+
+    monkeypatch.setattr(references, "is_public", lambda address: True)
+    head = references.head(f"{referenced['https']}/{dataset.reference.name}", 64, public=True)
+    assert head.data.startswith(b">") and head.length == dataset.reference.stat().st_size
+    with pytest.raises(references.Refused, match="CERTIFICATE_VERIFY_FAILED"):
+        references.head(f"{referenced['untrusted']}/{dataset.reference.name}", 64, public=True)

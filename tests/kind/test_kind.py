@@ -156,12 +156,15 @@ def test_worker_runs_as_10001_on_a_read_only_root_and_writes_its_job_folder(kind
     pod = wait_for(lambda: next(iter(slow.busy_pods()), None), timeout=90, what="a busy slow worker pod")
     script = ("id -u; id -g; touch /opt/x 2>/dev/null && echo root-writable || echo root-read-only; "
               f"ls -d /data/jobs/{job_id}/work* 2>/dev/null | head -1; touch /data/jobs/{job_id}/probe && echo job-writable; "
+              "/opt/pipeq/bin/python -c 'import ssl; print(\"cas\", ssl.create_default_context().cert_store_stats()[\"x509_ca\"])'; "
               "cat /proc/1/cmdline | tr '\\0' ' '")
     out = kind.kubectl("exec", "-n", NAMESPACE, pod, "--", "sh", "-c", script).splitlines()
     assert out[0] == "10001" and out[1] == "10001", out
     assert "root-read-only" in out, out
     assert "job-writable" in out, out
     assert out[-1].startswith("tini -- pipeq worker"), out  # PID 1 is the init, not Python
+    # https:// inputs by URL are verified against the image's CA bundle (ca-certificates)
+    assert int(next(line for line in out if line.startswith("cas ")).split()[1]) > 0, out
     assert slow.wait_final([job_id]) == ["finished"]
 
 
