@@ -157,6 +157,13 @@ class ReplicaWatch:
         with self.cond:
             return self.seen[-1][1] if self.seen else None
 
+    def changes(self, since: float, until: float) -> int:
+        """How many times spec.replicas changed between two instants: one per scale write
+        that changed it (the Deployment controller's own writes repeat the value)."""
+        with self.cond:
+            values = [r for t, r in self.seen if t < since][-1:] + [r for t, r in self.seen if since <= t <= until]
+        return sum(1 for a, b in zip(values, values[1:]) if a != b)
+
     def peak(self, since: float) -> int:
         """The most replicas asked for since ``since``."""
         with self.cond:
@@ -174,8 +181,9 @@ def run_bursts(watch: ReplicaWatch, enqueue: Callable[[], list[float]], reset: C
     each enqueue returned), then from the burst's start the seconds to the first replica change
     (``first``) and to spec.replicas >= ``full`` (``full``), None when not seen within
     ``timeout``; the same from the first / last enqueue's return (``first_own``, ``full_own``:
-    the scaler's own share); the peak replicas asked for; then ``reset()`` (empty the queue, wait
-    back at 0)."""
+    the scaler's own share); the peak replicas asked for; how many replica changes it took to
+    reach ``full`` (``changes``: 1 when one write saw the whole burst); then ``reset()`` (empty
+    the queue, wait back at 0)."""
     rows = []
     for _ in range(n):
         time.sleep(pause())
@@ -184,6 +192,7 @@ def run_bursts(watch: ReplicaWatch, enqueue: Callable[[], list[float]], reset: C
         t1 = watch.wait(lambda r: r > 0, since=t0, timeout=timeout)
         t2 = watch.wait(lambda r: r >= full, since=t0, timeout=max(0.0, t0 + timeout - time.time())) if t1 is not None else None
         rows.append({"enqueued": done[-1] - t0, "peak": watch.peak(t0),
+                     "changes": None if t2 is None else watch.changes(t0, t2),
                      "first": None if t1 is None else t1 - t0, "full": None if t2 is None else t2 - t0,
                      "first_own": None if t1 is None else t1 - done[0], "full_own": None if t2 is None else t2 - done[-1]})
         reset()
@@ -194,6 +203,9 @@ def summarize(rows: list[dict]) -> dict:
     """p50/p95/max of each timing of ``run_bursts`` rows, over the bursts where it was seen
     (``<key>_seen`` says in how many)."""
     out: dict = {"bursts": len(rows), "peak_max": max(r["peak"] for r in rows)}
+    changes = [r["changes"] for r in rows if r.get("changes") is not None]
+    if changes:
+        out.update({"changes_mean": statistics.mean(changes), "changes_max": max(changes)})
     for key in ("enqueued", "first", "full", "first_own", "full_own"):
         values = [r[key] for r in rows if r[key] is not None]
         out[f"{key}_seen"] = len(values)
@@ -233,7 +245,8 @@ def bench_bursts(cluster, ns, redis_url, work, n: int, size: int) -> dict:
             "first_enqueued_to_reaction_p50": s["first_own_p50"],
             "first_enqueued_to_reaction_p95": s["first_own_p95"],
             "last_enqueued_to_full_p50": s["full_own_p50"],
-            "last_enqueued_to_full_p95": s["full_own_p95"]}
+            "last_enqueued_to_full_p95": s["full_own_p95"],
+            "scale_writes_mean": s["changes_mean"], "scale_writes_max": s["changes_max"]}
 
 
 def bench_idle(cluster, ns, redis_url, work, op: Operator, env: dict, log: Path, pools: int, seconds: float) -> dict:
@@ -328,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
          f"{bursts['first_enqueued_to_reaction_p50']:.3f} s / {bursts['first_enqueued_to_reaction_p95']:.3f} s"),
         (f"last enqueue returned → replicas = {bursts['burst_size']}, p50 / p95",
          f"{bursts['last_enqueued_to_full_p50']:.3f} s / {bursts['last_enqueued_to_full_p95']:.3f} s"),
+        (f"replica changes until replicas = {bursts['burst_size']}, mean / max",
+         f"{bursts['scale_writes_mean']:.2f} / {bursts['scale_writes_max']}"),
     ]
     if idle:
         rows += [

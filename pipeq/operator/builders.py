@@ -171,8 +171,11 @@ def worker_deployment(name: str, spec: Mapping[str, Any], *, replicas: int, defa
 def pod_annotations(pod_annotations_now: Mapping[str, str] | None, job_id: str | None) -> dict[str, str | None] | None:
     """The annotation patch that makes a worker pod say what it runs and how dear it is to
     scale-down: busy → its job id and a high deletion cost; idle → no job, low cost. None
-    when the pod already says so (no API write)."""
+    when the pod already says so (no API write). A pod without a deletion cost has cost 0
+    to the ReplicaSet, which is IDLE_COST: a new, idle pod needs no write (a scale-up to N
+    would otherwise cost N pod patches on the way)."""
     now = dict(pod_annotations_now or {})
+    now.setdefault(DELETION_COST, str(IDLE_COST))
     want: dict[str, str | None] = {
         JOB_ANNOTATION: job_id,
         DELETION_COST: str(BUSY_COST if job_id else IDLE_COST),

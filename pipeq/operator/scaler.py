@@ -1,9 +1,12 @@
 """One pool's scaler: the state its daemon carries between polls, and the poll itself.
 
-Every ``pollIntervalSeconds``: one Redis round trip (``queue.queue_stats``), requeue of
-abandoned jobs, ``scaling.decide``; then API writes only for what changed: pod annotations
-(job id, deletion cost), replicas, an Event, status. Deployments and pods come from the
-watch indexes (``handlers.pool_deployments``, ``handlers.pool_pods``), not from requests.
+At an enqueue's signal, else every ``pollIntervalSeconds``: one Redis round trip
+(``queue.queue_stats``), requeue of abandoned jobs, ``scaling.decide``; then API writes
+only for what changed: replicas first when they go up (nothing else stands between a
+burst and its workers), pod annotations (job id, deletion cost; before replicas when they
+go down), an Event; the status is handed to ``status.StatusWriter``, which writes it
+outside the decision path. Deployments and pods come from the watch indexes
+(``handlers.pool_deployments``, ``handlers.pool_pods``), not from requests.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import redis
 
 from pipeq import queue, scaling
 from pipeq.operator import builders, deployment, metrics
-from pipeq.operator.kube import FIELD_MANAGER, GROUP, PLURAL, VERSION, Kube
+from pipeq.operator.kube import FIELD_MANAGER, Kube
+from pipeq.operator.status import StatusWriter
 from pipeq.signals import Signals
 
 #: how long our own replica write wins over the (maybe not yet updated) Deployment index
@@ -45,9 +49,10 @@ class PoolScaler:
     """The state one pool's daemon carries between polls."""
 
     def __init__(self, namespace: str, name: str, kube: Kube, default_redis_url: str, logger,
-                 signals: Signals | None = None) -> None:
+                 signals: Signals | None = None, status_writer: StatusWriter | None = None) -> None:
         self.namespace, self.name, self.logger = namespace, name, logger
         self.kube, self.default_redis_url = kube, default_redis_url
+        self.status_writer = status_writer or StatusWriter(kube)
         #: set by an enqueue on the pool's queue (signals) or by nothing: the poll goes on
         self.wake = threading.Event()
         self.signals = signals
@@ -61,7 +66,6 @@ class PoolScaler:
         # the last read of the pool's Secret: ((name, key), URL or "", problem or "", when)
         self.secret_read: tuple[tuple[str, str], str, str, float] | None = None
         self.belief: tuple[int, float] | None = None  # (replicas we set, monotonic time)
-        self.status: dict | None = None
         self.last_scale: tuple[str, str] | None = None  # (time, reason)
         self.missing_since: float | None = None
         self.started = time.monotonic()
@@ -175,7 +179,7 @@ class PoolScaler:
         with self.lock:
             decision = self.decide_and_scale(body, s, dep, pod_list, stats, redis_ok)
         # A burst still arriving (this poll scaled, and a later enqueue has woken the next
-        # one): scale again first; the next poll writes the status.
+        # one): the next poll's status supersedes this one.
         if not (self.wake.is_set() and self.belief and self.belief[1] >= started):
             self.write_status(body, s, dep, decision, stats)
         metrics.poll_seconds.observe(time.perf_counter() - t0)
@@ -205,12 +209,15 @@ class PoolScaler:
         )
         self.lower_since = decision.lower_since
 
-        # 4. Pods say which job they run and how dear they are: before any scale-down.
+        # 4. Replicas, only when they change, with an Event saying why; up at once, before
+        # any other write.
+        if decision.desired > current:
+            self.scale(body, current, decision)
+
+        # 5. Pods say which job they run and how dear they are: before any scale-down.
         if stats is not None:
             self.annotate_pods(pod_list, stats.busy)
-
-        # 5. Replicas, only when they change, with an Event saying why.
-        if decision.desired != current:
+        if decision.desired < current:
             self.scale(body, current, decision)
         return decision
 
@@ -284,15 +291,7 @@ class PoolScaler:
         metrics.replicas.labels(*pool).set(status["replicas"])
         metrics.ready.labels(*pool).set(ready_n)
         metrics.redis_up.labels(*pool).set(1 if self.redis_ok else 0)
-        if status == self.status:
-            return
-        try:
-            self.kube.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": status})
-            self.status = status
-        except self.kube.ApiException as e:
-            if e.status != 404:
-                self.logger.warning("writing status: %s", e.reason)
+        self.status_writer.submit(pool, status)
 
 
 def serve(stopped: kopf.DaemonStopped, body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, logger,
@@ -301,7 +300,7 @@ def serve(stopped: kopf.DaemonStopped, body: kopf.Body, namespace: str, name: st
     pollIntervalSeconds, until the pool goes (``body`` is live: spec changes reach the next
     poll). The scaler is in ``memo.scalers`` meanwhile (for the liveness probe) and the pool
     in ``memo.pools`` (its finalizer released on exit)."""
-    scaler = PoolScaler(namespace, name, memo.kube, memo.redis_url, logger, memo.signals)
+    scaler = PoolScaler(namespace, name, memo.kube, memo.redis_url, logger, memo.signals, memo.status_writer)
     key = (namespace, name)
     memo.scalers[key] = scaler
     memo.pools.add(key)
@@ -319,6 +318,7 @@ def serve(stopped: kopf.DaemonStopped, body: kopf.Body, namespace: str, name: st
                     break
     finally:
         scaler.unfollow()
+        memo.status_writer.forget(key)
         memo.scalers.pop(key, None)
         deployment.forget_lock(namespace, name)
         metrics.forget(namespace, name)

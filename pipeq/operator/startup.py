@@ -12,6 +12,7 @@ import kopf
 
 from pipeq.operator import builders, metrics
 from pipeq.operator.kube import Kube
+from pipeq.operator.status import StatusWriter
 from pipeq.signals import Signals
 from pipeq.settings import get_settings
 
@@ -77,6 +78,8 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger) -> None:
     memo.pools = set()
     # the pools' scalers by (namespace, name), for the liveness probe
     memo.scalers = {}
+    # every pool's status writes, in one thread off the scalers' decisions
+    memo.status_writer = StatusWriter(memo.kube)
     # the enqueue signals that wake the pools' scalers, one subscriber per Redis
     memo.signals = Signals()
     # the Redis of pools that name none (and of their workers)

@@ -151,6 +151,9 @@ def test_pod_annotations_patch_only_what_changed():
     assert idle == {"pipeq.dev/job": None, "controller.kubernetes.io/pod-deletion-cost": str(builders.IDLE_COST)}
     assert builders.BUSY_COST > builders.IDLE_COST
     assert builders.pod_annotations({"controller.kubernetes.io/pod-deletion-cost": "0"}, None) is None
+    # a new pod has no deletion cost, which the ReplicaSet counts as 0: idle already, no write
+    assert builders.IDLE_COST == 0
+    assert builders.pod_annotations({}, None) is None and builders.pod_annotations(None, None) is None
 
 
 def test_conditions_keep_their_transition_time():
