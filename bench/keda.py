@@ -44,7 +44,6 @@ from pathlib import Path
 from kubernetes import config as kube_config
 from rq import Queue
 from rq.job import Job
-from rq.worker import Worker
 
 from bench.scale import ReplicaWatch, run_bursts, summarize
 from pipeq import queue
@@ -209,7 +208,9 @@ def pods(kind: KindCluster, pool) -> list[dict]:
 
 
 def at_zero(kind: KindCluster, pool, watch: ReplicaWatch) -> bool:
-    return watch.current() == 0 and not pods(kind, pool)
+    """0 replicas and no pod left but terminating ones (a pod deleted while its container was
+    starting can outlive its SIGTERM: see docs/benchmarks.md)."""
+    return watch.current() == 0 and not kind.pods(pool.selector)
 
 
 # ---- 1. bursts -----------------------------------------------------------------------------
@@ -239,18 +240,12 @@ def scale_down(kind: KindCluster, api, r: Redis, pool, long_s: int, short_s: int
     wait_for(lambda: at_zero(kind, pool, watch), timeout=120, interval=0.5, what=f"{pool.name} at 0")
     long_ids, _ = r.enqueue(pool.queue, long_s, 2, retries=2)
     short_ids, _ = r.enqueue(pool.queue, short_s, 2, retries=2)
-    t0, empty_since, removed, busy_removed = time.time(), None, set(), set()
+    t0, empty_since, removed = time.time(), None, set()
     deadline = t0 + 3 * long_s + 300
     while time.time() < deadline:
         jobs = r.jobs(long_ids + short_ids)
         now = pods(kind, pool)
-        for p in now:
-            name = p["metadata"]["name"]
-            if p["metadata"].get("deletionTimestamp") and name not in removed:
-                removed.add(name)
-                # the RQ worker is named after its pod, and marks itself busy with its job
-                if r().hget(Worker.redis_worker_namespace_prefix + name, queue.BUSY_FIELD):
-                    busy_removed.add(name)
+        removed |= {p["metadata"]["name"] for p in now if p["metadata"].get("deletionTimestamp")}
         if all(s in FINAL for s, _ in jobs):
             break
         if watch.current() == 0 and not now:
@@ -275,7 +270,7 @@ def scale_down(kind: KindCluster, api, r: Redis, pool, long_s: int, short_s: int
     return {"jobs": [{"id": i, "length_s": long_s if i in long_ids else short_s, "status": s, "attempt": a}
                      for i, (s, a) in zip(long_ids + short_ids, jobs)],
             "interrupted": len(jobs) - kinds["finished at attempt 1"], **kinds, "peak_replicas": peak,
-            "pods_removed": len(removed), "busy_pods_removed": len(busy_removed), "seconds": round(seconds, 1)}
+            "pods_removed": len(removed), "seconds": round(seconds, 1)}
 
 
 # ---- the run -------------------------------------------------------------------------------
@@ -283,6 +278,11 @@ def fmt(s: dict, key: str) -> str:
     if not s.get(f"{key}_seen"):
         return "never"
     return f"{s[key + '_p50']:.2f} s / {s[key + '_p95']:.2f} s / {s[key + '_max']:.2f} s"
+
+
+def loads(d: dict) -> str:
+    """The machine's 1-minute load average at the start and the end of a phase."""
+    return "–".join(str(x) for x in d.get("load", []))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,11 +311,13 @@ def main(argv: list[str] | None = None) -> int:
         tag = uuid.uuid4().hex[:4]
 
         def burst_phase(label, pool, polling):
+            load = os.getloadavg()[0]
             try:
                 out["bursts"][label] = bursts(kind, api, r, pool, args.bursts, args.burst_size, polling, args.burst_job_seconds)
             finally:
                 pool.delete()
             s = out["bursts"][label]
+            s["load"] = [round(load, 1), round(os.getloadavg()[0], 1)]  # the machine's, at the start and end
             print(f"{label}: first {fmt(s, 'first')}; full {fmt(s, 'full')} ({s['full_seen']}/{s['bursts']}, peak {s['peak_max']})",
                   flush=True)
 
@@ -325,11 +327,13 @@ def main(argv: list[str] | None = None) -> int:
                     KedaPool(kind, "keda-burst-30", f"keda-burst-30-{tag}", polling=30, cooldown=5), 30)
 
         def down_phase(label, pool):
+            load = os.getloadavg()[0]
             try:
                 out["scale_down"][label] = scale_down(kind, api, r, pool, args.long, 5)
             finally:
                 pool.delete()
             d = out["scale_down"][label]
+            d["load"] = [round(load, 1), round(os.getloadavg()[0], 1)]
             print(f"{label}: {d['interrupted']} of 4 interrupted ({d})", flush=True)
 
         w = args.window
@@ -356,19 +360,21 @@ def main(argv: list[str] | None = None) -> int:
 def print_tables(out: dict) -> None:
     print(f"\nbursts of {out['settings']['burst_size']} jobs of {out['settings']['burst_job_seconds']} s, "
           f"maxReplicas {MAX_REPLICAS}, from 0 (p50 / p95 / max)")
-    print(f"| scaler | bursts | burst → first replica | burst → replicas = {MAX_REPLICAS} | bursts reaching {MAX_REPLICAS} |")
-    print("|---|---|---|---|---|")
+    print(f"| scaler | bursts | burst → first replica | burst → replicas = {MAX_REPLICAS} | bursts reaching {MAX_REPLICAS} "
+          "| first enqueue returned → first replica | the burst's enqueues | load |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, s in out["bursts"].items():
-        print(f"| {label} | {s['bursts']} | {fmt(s, 'first')} | {fmt(s, 'full')} | {s['full_seen']} of {s['bursts']} |")
+        print(f"| {label} | {s['bursts']} | {fmt(s, 'first')} | {fmt(s, 'full')} | {s['full_seen']} of {s['bursts']} | "
+              f"{fmt(s, 'first_own')} | {fmt(s, 'enqueued')} | {loads(s)} |")
     print(f"\nscale-down while busy: 2 jobs of {out['settings']['long']} s and 2 of 5 s at once, "
           f"scale-down window {out['settings']['window']} s")
     print("| scaler | interrupted | finished at attempt 1 | at a later attempt | failed or stopped | never finished "
-          "| peak replicas | pods removed (busy) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| peak replicas | pods removed | load |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, d in out["scale_down"].items():
         print(f"| {label} | {d['interrupted']} of 4 | {d['finished at attempt 1']} | {d['finished at a later attempt']} | "
               f"{d['failed or stopped']} | {d['never finished (no worker left)']} | {d['peak_replicas']} | "
-              f"{d['pods_removed']} ({d['busy_pods_removed']}) |")
+              f"{d['pods_removed']} | {loads(d)} |")
 
 
 if __name__ == "__main__":
