@@ -79,14 +79,12 @@ class PipeqWorker(SimpleWorker):
             self._lease_client(), job, execution.key, execution.composite_key,
             seconds=self.lease_seconds, published_ttl=_positive(job.get_result_ttl(self.default_result_ttl)),
             started_at=started_at,
-            # Busy workers requeue lost jobs too: idle ones only clean up between waits,
-            # and when every worker is busy there is no idle one.
-            keep=lambda: reap_abandoned(self.connection, queue.name),
+            keep=lambda: self._keep(job, queue),
         )
         job.lease.acquire()
         try:
             with contextlib.suppress(redis.RedisError):  # the busy mark only spares the worker
-                self.connection.hset(self.key, BUSY_FIELD, job.id)
+                self._mark_busy(job)
             self.perform_job(job, queue, execution)
         finally:
             job.lease.release()
@@ -94,6 +92,24 @@ class PipeqWorker(SimpleWorker):
                 self.connection.hdel(self.key, BUSY_FIELD)
             self._running = None
         self.set_state("idle")
+
+    def _keep(self, job: LeasedJob, queue: Queue) -> None:
+        """After each renewal of the lease: keep the busy mark, and requeue lost jobs (idle
+        workers only clean up between waits, and when every worker is busy there is no idle
+        one)."""
+        self._mark_busy(job)
+        reap_abandoned(self.connection, queue.name)
+
+    def _mark_busy(self, job: LeasedJob) -> None:
+        """Say in the worker's hash which job it runs, and keep the hash. RQ sets the hash's
+        expiry to the heartbeat TTL (here the lease) when a job starts, and a SimpleWorker
+        sends no heartbeat until the job ends: left alone, the hash and its busy mark would
+        vanish one lease into every longer job, and scaling would take the worker for idle.
+        A dead worker's mark counts for nothing once its lease runs out (queue.queue_stats)."""
+        with self.connection.pipeline(transaction=False) as p:
+            p.hset(self.key, BUSY_FIELD, job.id)
+            p.expire(self.key, int(self.worker_ttl + 60))
+            p.execute()
 
     def handle_job_success(self, job: LeasedJob, queue: Queue, started_job_registry, execution):
         """RQ's bookkeeping of a finished job, retried within the lease until Redis has it:

@@ -14,6 +14,7 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 
+from pipeq import queue
 from tests.conftest import wait_for
 from tests.support import pipelines
 
@@ -219,3 +220,25 @@ def test_a_stop_that_comes_after_the_stop_check_still_stops_the_run(client, data
     s = status(client, job_id)
     assert s["status"] in ("failed", "stopped") and s["error"]["reason"] == "stopped", s
     assert time.monotonic() - t0 < 15, "the pipeline ran on after the stop"
+
+
+def test_a_worker_stays_busy_to_scaling_for_a_job_longer_than_its_lease(client, dataset, workers, settings, conn,
+                                                                       use_pipeline, tmp_path):
+    """Scaling spares a worker while its hash says which job it runs (queue.queue_stats'
+    busy set, read by the operator to give its pod a high deletion cost). RQ sets that
+    hash's expiry to the heartbeat TTL when a job starts, and a SimpleWorker sends no
+    heartbeat while its job runs: with the TTL the lease (3 s here), the hash, busy mark
+    and all, vanished 3 s into every longer job, and the operator marked the pod idle."""
+    use_pipeline(pipelines.SLEEPY)
+    trace = tmp_path / "trace"
+    job_id = submit(client, dataset)
+    name = f"longjob-{uuid.uuid4().hex[:6]}"
+    workers.start(name, PIPEQ_TEST_SLEEP=3 * settings.lease_seconds, PIPEQ_TEST_TRACE=trace)
+    wait_for(lambda: trace.exists(), timeout=15, what="the pipeline to start")
+    seen = []
+    deadline = time.monotonic() + 2.5 * settings.lease_seconds
+    while time.monotonic() < deadline:
+        seen.append(queue.queue_stats(conn, settings.queue).busy)
+        time.sleep(0.25)
+    assert all(b == {name: job_id} for b in seen), f"{sum(b != {name: job_id} for b in seen)} of {len(seen)} reads not busy"
+    assert until(client, job_id, timeout=60)["status"] == "finished"
