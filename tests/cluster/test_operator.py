@@ -259,6 +259,15 @@ def test_scale_down_removes_idle_workers_and_every_job_finishes(cluster, pools):
     assert pools.status(long_job) == "started"
     # the status is written after the decision that changed it: wait for it, not a snapshot
     wait_for(lambda: (pools.pool().get("status") or {}).get("busy") == 1, timeout=10, what="status.busy 1")
+    # still busy two leases (6 s each) into the 15 s job: the worker's hash, which says which
+    # job it runs, once expired one lease into any longer job, and the pod was marked idle
+    started = Job.fetch(long_job, connection=pools.conn).started_at.timestamp()
+    wait_for(lambda: time.time() > started + 12, timeout=30, what="the long job two leases old")
+    assert pools.status(long_job) == "started"
+    annotations = next(p for p in pools.pods() if p["metadata"]["name"] == keeper)["metadata"].get("annotations", {})
+    assert annotations.get("pipeq.dev/job") == long_job, annotations
+    assert annotations.get("controller.kubernetes.io/pod-deletion-cost") == "1000", annotations
+    assert (pools.pool().get("status") or {}).get("busy") == 1
     wait_for(lambda: pools.status(long_job) == "finished", timeout=60, what="the long job finished on its worker")
     wait_for(lambda: pools.replicas() == 0, timeout=20, what="scale to zero")
     assert pools.status(long_job) == "finished" and all(pools.status(j) == "finished" for j in short)
