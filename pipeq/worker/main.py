@@ -11,7 +11,8 @@ a forked work horse would only add latency. What pipeq adds to RQ:
   lost stops its pipeline and leaves the job alone (no failure recorded, no retry spent).
 - Redis errors that may be transient are retried within the lease, in RQ's bookkeeping of
   the job's end too: a reset connection does not turn a finished job into a failed one.
-- a busy mark (``pipeq_job`` in the worker's hash) that scaling reads to spare busy workers.
+- a busy mark (``pipeq_job`` in the worker's hash) that scaling reads to spare busy workers,
+  set again with each renewal of the lease, which also keeps the hash from expiring mid-job.
 - stop requests (``DELETE /jobs/{id}``) end the pipeline's process group.
 - SIGTERM is a warm shutdown: the current job finishes, then the worker exits.
 """
