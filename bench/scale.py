@@ -310,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     (work / "sleeper.sh").chmod(0o755)
     cluster = Cluster(work / "cluster")
     node = op = server = None
+    ok = False
     try:
         cluster.start()
         node = ProcessNode(cluster.kubeconfig, work / "node", path_prefix=[make_pipeq_shim(work / "shims")]).start()
@@ -323,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         bursts = bench_bursts(cluster, "bench", server.url, work, args.bursts, args.burst_size)
         cluster.kubectl("delete", "workerpool", "burst", "-n", "bench", "--timeout=60s")
         idle = bench_idle(cluster, "bench", server.url, work, op, env, log, args.pools, args.idle_seconds) if args.pools else None
+        ok = True
     finally:
         if op:
             op.stop()
@@ -331,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         cluster.stop()
         if server:
             server.stop()
+        if not ok and args.tmpfs:
+            shutil.rmtree(work, ignore_errors=True)  # memory, not disk: never left behind
+        elif not ok:
+            print(f"bench.scale failed; its logs are in {work} (delete it when read)", file=sys.stderr)
     rows = [
         (f"burst → first replica change, p50 ({bursts['bursts']} bursts of {bursts['burst_size']})", f"{bursts['reaction_p50']:.3f} s"),
         ("burst → first replica change, p95", f"{bursts['reaction_p95']:.3f} s"),
