@@ -21,5 +21,5 @@ bench-s3: deps venv ## big uploads with object storage: POST /run_pipeline vs pr
 bench-scale: deps venv tools ## the operator's reaction to bursts and its idle cost with 50 pools, on the test control plane (~5 min; BENCH_SCALE_ARGS=--tmpfs)
 	$(PY) -m bench.scale $(BENCH_SCALE_ARGS)
 
-bench-keda: deps venv tools ## KEDA 2.21 (tools/keda, built once: ~30 min) and pipeq on one kind cluster: bursts (first replica, full scale), interrupted jobs on a scale-down (~25 min; outside make test)
+bench-keda: deps venv tools ## KEDA 2.21 (tools/keda, built once: ~30 min) and pipeq on one kind cluster: bursts (first replica, full scale), interrupted jobs on a scale-down (~20 min; outside make test)
 	$(PY) -m bench.keda $(BENCH_KEDA_ARGS)
