@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         _env(args, queue="PIPEQ_QUEUE", name="PIPEQ_WORKER_NAME")
         from pipeq.worker import run_worker
 
-        return 0 if run_worker(burst=args.burst) else 1
+        run_worker(burst=args.burst)  # a stop or an empty queue (--burst) is a clean end, jobs done or not
+        return 0
     if args.command == "dev":
         _env(
             args,

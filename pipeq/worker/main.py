@@ -261,7 +261,8 @@ def worker_name(settings: Settings) -> str:
 
 
 def run_worker(settings: Settings | None = None, *, burst: bool = False) -> bool:
-    """Run a worker on ``settings.queue`` until SIGTERM (or, with ``burst``, until the queue is empty)."""
+    """Run a worker on ``settings.queue`` until SIGTERM (or, with ``burst``, until the queue
+    is empty); returns whether it did any job (RQ's answer)."""
     settings = settings or get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("rq.worker").addFilter(_QuietMaintenance())

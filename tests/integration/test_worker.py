@@ -194,6 +194,17 @@ def test_warm_shutdown_finishes_the_job(client, dataset, workers, use_pipeline, 
     assert w.wait(timeout=10) == 0
 
 
+def test_an_idle_worker_stopped_exits_0(workers, settings, conn):
+    """A warm shutdown with no job done is a clean exit too (it was 1: a pod scaled away
+    before its first job showed as an Error)."""
+    from rq import Worker
+
+    w = workers.start("idle-stop")
+    wait_for(lambda: any(x.name == "idle-stop" for x in Worker.all(connection=conn)), what="the worker to register")
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(timeout=15) == 0
+
+
 def test_a_stop_that_comes_after_the_stop_check_still_stops_the_run(client, dataset, settings, use_pipeline, tmp_path, monkeypatch):
     """The stop mark is read once as the attempt starts; a stop command that reaches the
     worker just after that read must still end the pipeline (it used to be cleared)."""
