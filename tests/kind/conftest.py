@@ -35,16 +35,19 @@ def _is_kind(item) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
+    """Mark the kind tests and run them last: their cluster comes up meanwhile, behind every
+    other test of the session instead of the ones that sort before tests/kind/."""
     for item in items:
         if _is_kind(item):
             item.add_marker(pytest.mark.kind)
+    items[:] = [i for i in items if not _is_kind(i)] + [i for i in items if _is_kind(i)]
 
 
 def pytest_collection_finish(session):
     """Once the tests to run are known: start Docker, build what the cluster needs (the node
     image, pipeq's images: a cold build takes tens of minutes once, more than a test's
     timeout), then bring the cluster up in a thread."""
-    if not any(_is_kind(i) for i in session.items):
+    if session.config.option.collectonly or not any(_is_kind(i) for i in session.items):
         return
     try:
         _state["started"] = docker_up()
