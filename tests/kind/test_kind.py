@@ -122,6 +122,19 @@ class SlowPool:
         r = self.kind.kubectl("exec", "-n", NAMESPACE, pod, "--", "cat", "/data/trace-slow.log", check=False)
         return r.splitlines()
 
+    def errors(self, ids) -> dict[str, dict]:
+        """job id → what the user is told about a job that did not finish, and its attempts."""
+        from pipeq.jobs import to_status
+
+        def read(c):
+            out = {}
+            for j in ids:
+                s = to_status(Job.fetch(j, connection=c), with_result=False)
+                if s.status != "finished":
+                    out[j] = {"status": s.status, "attempt": s.attempt, "error": s.error and s.error.model_dump()}
+            return out
+        return self.read(read)
+
     def wait_final(self, ids, timeout: float = 240) -> list[str]:
         wait_for(lambda: all(s in FINAL for s in self.statuses(ids)), timeout=timeout, interval=1,
                  what=f"{len(ids)} slow jobs to end")
@@ -212,7 +225,7 @@ def test_redis_pod_deleted_with_jobs_queued_and_running_loses_none(kind, slow, t
                          for p in kind.pods("app.kubernetes.io/component=redis")), timeout=180, what="Redis to come back")
     statuses = slow.wait_final(ids, timeout=300)
     print(f"\nafter a Redis pod deletion: {statuses.count('finished')}/{len(ids)} finished")
-    assert statuses == ["finished"] * len(ids), statuses
+    assert statuses == ["finished"] * len(ids), (statuses, slow.errors(ids))
 
 
 def test_helm_uninstall_leaves_no_pods(kind):
