@@ -20,6 +20,7 @@ is a 507, not a 503).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -209,7 +210,11 @@ class FileAttempt:
 
     def close(self) -> None:
         self.log.close()
-        shutil.rmtree(self.jdir / "work", ignore_errors=True)
+        # its own folder only: an attempt that lost its lease may end after the next one
+        # started, whose folder is beside it
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (self.jdir / "work").rmdir()  # when no other attempt is there
 
 
 class FileStore:

@@ -393,3 +393,20 @@ def test_public_only_connections_speak_verified_tls(referenced, dataset, monkeyp
     assert head.data.startswith(b">") and head.length == dataset.reference.stat().st_size
     with pytest.raises(references.Refused, match="CERTIFICATE_VERIFY_FAILED"):
         references.head(f"{referenced['untrusted']}/{dataset.reference.name}", 64, public=True)
+
+
+def test_a_stale_attempt_ending_leaves_the_next_attempts_files(backend):
+    """An attempt whose lease ran out (its worker lost Redis for a while) ends after the next
+    attempt started: its clean-up must free its own files only. It removed the job's whole
+    work folder, and the live attempt failed to publish ("No such file or directory")."""
+    import uuid
+
+    store = open_store(backend)
+    job_id = uuid.uuid4().hex
+    stale = store.attempt(job_id, 1, "w1")
+    live = store.attempt(job_id, 2, "w2")
+    (live.workdir / "report.json").write_text('{"variants": 1}')
+    stale.close()
+    assert live.publish(lambda: True)
+    assert store.published(job_id) == {"files": ["report.json"], "summary": {"variants": 1}}
+    live.close()
