@@ -17,6 +17,7 @@ nothing inside. Name an internal server exactly (``http://data.lab:8080``) to al
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -206,16 +207,22 @@ def _public_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_a
     raise error
 
 
+@functools.cache
+def _public_class(http_class: type) -> type:
+    """``http_class`` (HTTPConnection, HTTPSConnection) connecting to public addresses only."""
+    class Connection(http_class):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self._create_connection = _public_connection
+
+    return Connection
+
+
 class _PublicOnly:
     """A urllib handler whose connections reach public addresses only."""
 
     def do_open(self, http_class, req, **kwargs):
-        class Connection(http_class):
-            def __init__(self, *a, **kw):
-                super().__init__(*a, **kw)
-                self._create_connection = _public_connection
-
-        return super().do_open(Connection, req, **kwargs)
+        return super().do_open(_public_class(http_class), req, **kwargs)
 
 
 class _PublicHTTP(_PublicOnly, urllib.request.HTTPHandler):

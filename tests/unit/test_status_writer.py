@@ -41,13 +41,17 @@ class Recorder:
         self.written.append(body["status"])
 
 
+def settle(w: StatusWriter, status: dict) -> None:
+    """Submit ``status`` and wait until the writer has done with it."""
+    w.submit(POOL, status)
+    assert w.idle(5)
+
+
 def test_an_unchanged_status_is_written_once():
     kube = Recorder()
     w = StatusWriter(kube)
-    w.submit(POOL, {"queued": 1})
-    assert w.idle(5)
-    w.submit(POOL, {"queued": 1})
-    assert w.idle(5)
+    settle(w, {"queued": 1})
+    settle(w, {"queued": 1})
     assert kube.written == [{"queued": 1}]
 
 
@@ -68,23 +72,18 @@ def test_a_failed_write_is_tried_again_at_the_next_submission():
     kube = Recorder()
     w = StatusWriter(kube)
     kube.fail_next = ApiException(500, "Internal Server Error")
-    w.submit(POOL, {"queued": 1})
-    assert w.idle(5)
+    settle(w, {"queued": 1})
     assert kube.written == []
     kube.fail_next = OSError("connection reset")  # not an API answer: the thread lives on
-    w.submit(POOL, {"queued": 1})
-    assert w.idle(5)
-    w.submit(POOL, {"queued": 1})
-    assert w.idle(5)
+    settle(w, {"queued": 1})
+    settle(w, {"queued": 1})
     assert kube.written == [{"queued": 1}]
 
 
 def test_a_forgotten_pool_is_written_again_from_scratch():
     kube = Recorder()
     w = StatusWriter(kube)
-    w.submit(POOL, {"queued": 0})
-    assert w.idle(5)
+    settle(w, {"queued": 0})
     w.forget(POOL)  # the pool went; one of the same name may come back
-    w.submit(POOL, {"queued": 0})
-    assert w.idle(5)
+    settle(w, {"queued": 0})
     assert kube.written == [{"queued": 0}, {"queued": 0}]
