@@ -281,24 +281,21 @@ class S3Store:
                 yield from page.get("Contents", [])
 
     def delete_prefix(self, prefix: str) -> None:
-        batch: list[dict] = []
-        for obj in list(self.keys_under(prefix)):
-            batch.append({"Key": obj["Key"]})
-            if len(batch) == 1000:
-                self._delete(batch)
-                batch = []
-        if batch:
-            self._delete(batch)
+        self._delete_keys([o["Key"] for o in self.keys_under(prefix)])
 
     def clear(self, prefix: str, keep: str) -> None:
         """Delete the objects and abort the multipart uploads under ``prefix``, but those under ``keep``."""
-        stale = [{"Key": o["Key"]} for o in self.keys_under(prefix) if not o["Key"].startswith(keep)]
-        for i in range(0, len(stale), 1000):
-            self._delete(stale[i : i + 1000])
+        self._delete_keys([o["Key"] for o in self.keys_under(prefix) if not o["Key"].startswith(keep)])
         with errors(f"listing multipart uploads under {prefix}"):
             for up in self.s3.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix).get("Uploads", []):
                 if not up["Key"].startswith(keep):
                     self.s3.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
+
+    def _delete_keys(self, keys: list[str]) -> None:
+        """Delete ``keys`` (listed in full first: deleting while paging would skip some),
+        1000 to a request, S3's most."""
+        for i in range(0, len(keys), 1000):
+            self._delete([{"Key": k} for k in keys[i : i + 1000]])
 
     def _delete(self, batch: list[dict]) -> None:
         with errors(f"deleting from s3://{self.bucket}"):
@@ -422,9 +419,7 @@ class S3Store:
             if storage.JOB_ID_RE.match(job_id):
                 newest[job_id] = max(newest.get(job_id, 0.0), obj["LastModified"].timestamp())
         uploads = "/".join(p for p in (self.prefix, "uploads") if p) + "/"
-        old = [{"Key": o["Key"]} for o in self.keys_under(uploads) if now - o["LastModified"].timestamp() > older_than]
-        for i in range(0, len(old), 1000):
-            self._delete(old[i : i + 1000])
+        self._delete_keys([o["Key"] for o in self.keys_under(uploads) if now - o["LastModified"].timestamp() > older_than])
         removed = []
         for job_id, changed in newest.items():
             if now - changed > older_than and not job_exists(job_id):
