@@ -110,5 +110,7 @@ def test_killed_workers_lose_and_duplicate_nothing(settings, make_client, worker
     print("recovery of each killed job (kill → next start): " + ", ".join(f"{r:.1f}s" for r in recoveries))
     assert len(finished) == JOBS, {i: s["status"] for i, s in statuses.items() if s["status"] != "finished"}
     assert duplicated == [] and overlapping == [], (duplicated, overlapping)
-    assert all(statuses[j]["attempt"] >= 2 for j, _, _ in kills)
+    # every killed attempt was followed by another: the attempt the kill found may be 0 (the
+    # worker had taken the job but its task had not yet counted an attempt), so not ">= 2"
+    assert all(statuses[j]["attempt"] > a for j, _, a in kills), [(statuses[j]["attempt"], a) for j, _, a in kills]
     assert max(recoveries) <= 60
