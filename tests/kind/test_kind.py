@@ -164,12 +164,20 @@ def test_a_real_run_over_rest_finds_the_planted_snps_and_the_pool_scales_0_1_0(k
     assert "default" in seen["table"]
 
 
+# The source files of the modules a worker imports whose bytecode is not in the image.
+UNCOMPILED = ("import os, sys, importlib.util, pipeq.worker.main; "
+              "files = [m.__file__ for m in list(sys.modules.values()) if (getattr(m, \"__file__\", None) or \"\").endswith(\".py\")]; "
+              "missing = [f for f in files if not os.path.exists(importlib.util.cache_from_source(f))]; "
+              "print(\"uncompiled\", len(missing), *missing[:3])")
+
+
 def test_worker_runs_as_10001_on_a_read_only_root_and_writes_its_job_folder(kind, slow):
     (job_id,) = slow.enqueue(20)
     pod = wait_for(lambda: next(iter(slow.busy_pods()), None), timeout=90, what="a busy slow worker pod")
     script = ("id -u; id -g; touch /opt/x 2>/dev/null && echo root-writable || echo root-read-only; "
               f"ls -d /data/jobs/{job_id}/work* 2>/dev/null | head -1; touch /data/jobs/{job_id}/probe && echo job-writable; "
               "/opt/pipeq/bin/python -c 'import ssl; print(\"cas\", ssl.create_default_context().cert_store_stats()[\"x509_ca\"])'; "
+              f"/opt/pipeq/bin/python -c '{UNCOMPILED}'; "
               "cat /proc/1/cmdline | tr '\\0' ' '")
     out = kind.kubectl("exec", "-n", NAMESPACE, pod, "--", "sh", "-c", script).splitlines()
     assert out[0] == "10001" and out[1] == "10001", out
@@ -178,6 +186,8 @@ def test_worker_runs_as_10001_on_a_read_only_root_and_writes_its_job_folder(kind
     assert out[-1].startswith("tini -- pipeq worker"), out  # PID 1 is the init, not Python
     # https:// inputs by URL are verified against the image's CA bundle (ca-certificates)
     assert int(next(line for line in out if line.startswith("cas ")).split()[1]) > 0, out
+    # every module a worker imports has its bytecode in the image: nothing compiles at start
+    assert next(line for line in out if line.startswith("uncompiled ")) == "uncompiled 0", out
     assert slow.wait_final([job_id]) == ["finished"]
 
 
