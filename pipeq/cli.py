@@ -84,10 +84,13 @@ def main(argv: list[str] | None = None) -> int:
             uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="info", access_log=False)
         return 0
     if args.command == "worker":
+        from pipeq.worker.starting import hold_stop_signals
+
+        stop = hold_stop_signals()  # before the imports: a pod may be stopped as it starts
         _env(args, queue="PIPEQ_QUEUE", name="PIPEQ_WORKER_NAME")
         from pipeq.worker import run_worker
 
-        run_worker(burst=args.burst)  # a stop or an empty queue (--burst) is a clean end, jobs done or not
+        run_worker(burst=args.burst, stop=stop)  # a stop or an empty queue (--burst) is a clean end, jobs done or not
         return 0
     if args.command == "dev":
         _env(

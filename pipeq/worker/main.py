@@ -38,6 +38,7 @@ from pipeq.settings import Settings, get_settings
 from pipeq.store import Unavailable
 from pipeq.worker import task
 from pipeq.worker.lease import TRANSIENT, Lease, LeasedJob, LeaseLost, lease_client
+from pipeq.worker.starting import hold_stop_signals
 
 log = logging.getLogger("pipeq.worker")
 
@@ -51,6 +52,8 @@ class PipeqWorker(SimpleWorker):
     # Redis blip would stall dispatch for a minute. Try again every 2 s at most.
     max_connection_wait_time = 2.0
     _running: LeasedJob | None = None
+    #: set by a SIGTERM or SIGINT that came before RQ's handlers were in
+    stop_before_ready: threading.Event | None = None
     _leases: redis.Redis | None = None
     # the first prune waits one interval: a fresh worker (scale-up) takes jobs at once
     # instead of scanning every job folder first
@@ -235,6 +238,14 @@ class PipeqWorker(SimpleWorker):
             if removed:
                 log.info("removed %d expired job folders", len(removed))
 
+    def _install_signal_handlers(self):
+        super()._install_signal_handlers()
+        if self.stop_before_ready is not None and self.stop_before_ready.is_set():
+            # a signal came while the worker started (see starting.hold_stop_signals):
+            # stop now, as RQ does for a stop while idle, before taking any job
+            self.log.info("Worker %s: stop requested while starting", self.name)
+            self._stop_requested = True
+
     def kill_horse(self, sig=signal.SIGTERM):
         """RQ calls this for a stop request of the current job: end its pipeline."""
         job = self._running
@@ -260,9 +271,12 @@ def worker_name(settings: Settings) -> str:
     return settings.worker_name or os.environ.get("HOSTNAME") or f"{socket.gethostname()}-{os.getpid()}"
 
 
-def run_worker(settings: Settings | None = None, *, burst: bool = False) -> bool:
+def run_worker(settings: Settings | None = None, *, burst: bool = False, stop: threading.Event | None = None) -> bool:
     """Run a worker on ``settings.queue`` until SIGTERM (or, with ``burst``, until the queue
-    is empty); returns whether it did any job (RQ's answer)."""
+    is empty); returns whether it did any job (RQ's answer). ``stop``: the event of
+    ``starting.hold_stop_signals`` if the caller held the signals from before its imports;
+    a signal while the worker starts is a stop too, and a clean one."""
+    stop = stop or hold_stop_signals()
     settings = settings or get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("rq.worker").addFilter(_QuietMaintenance())
@@ -277,6 +291,7 @@ def run_worker(settings: Settings | None = None, *, burst: bool = False) -> bool
         name=name,
         maintenance_interval=settings.maintenance_interval,
     )
+    worker.stop_before_ready = stop
     return worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
 
 

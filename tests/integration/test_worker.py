@@ -8,6 +8,7 @@ import os
 import signal
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from rq import Queue
@@ -203,6 +204,31 @@ def test_an_idle_worker_stopped_exits_0(workers, settings, conn):
     wait_for(lambda: any(x.name == "idle-stop" for x in Worker.all(connection=conn)), what="the worker to register")
     w.send_signal(signal.SIGTERM)
     assert w.wait(timeout=15) == 0
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM (its SigCgt mask in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+def test_a_worker_stopped_while_it_starts_exits_0_and_leaves_no_registration(workers, settings, conn, tmp_path):
+    """A SIGTERM in the worker's first second (its imports, or just after it registered,
+    before RQ's handlers are in) killed it outright: exit -15 and a registration left behind
+    (CI met it once). Now it is held from before the imports, and the worker stops as soon
+    as it is ready."""
+    from rq import Worker
+
+    log = tmp_path / "worker.log"
+    w = workers.start("start-stop", log=log)
+    wait_for(lambda: _catches_sigterm(w.pid), timeout=10, interval=0.002, what="the worker to hold SIGTERM")
+    # held before the imports, so long before the registration (RQ's handlers come after it)
+    assert "start-stop" not in [x.name for x in Worker.all(connection=conn)]
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(timeout=30) == 0, log.read_text()
+    assert "stop requested while starting" in log.read_text()
+    assert "start-stop" not in [x.name for x in Worker.all(connection=conn)]
 
 
 def test_a_stop_that_comes_after_the_stop_check_still_stops_the_run(client, dataset, settings, use_pipeline, tmp_path, monkeypatch):
