@@ -15,14 +15,17 @@ RUN python3 -m venv /opt/pipeq
 WORKDIR /src
 COPY build/wheels/ /wheels/
 COPY requirements.txt pyproject.toml README.md ./
-RUN /opt/pipeq/bin/pip install --no-cache-dir --disable-pip-version-check --find-links /wheels -r requirements.txt
-COPY pipeq ./pipeq
-# The bytecode is compiled here, once: the image runs read-only to its user with
-# PYTHONDONTWRITEBYTECODE, so without it rq, redis and pydantic are compiled anew
-# on every start. checked-hash: checked against the source, whatever the files' times.
-RUN /opt/pipeq/bin/pip install --no-cache-dir --disable-pip-version-check --find-links /wheels --no-deps . \
+# The bytecode is compiled here, once, the dependencies' in their own layer: the image runs
+# read-only to its user with PYTHONDONTWRITEBYTECODE, so without it rq, redis and pydantic
+# are compiled anew on every start. checked-hash: checked against the source, whatever the
+# files' times.
+# Not compiled: what never runs here (pip, setuptools).
+RUN /opt/pipeq/bin/pip install --no-cache-dir --disable-pip-version-check --find-links /wheels --no-compile -r requirements.txt \
  && find /opt/pipeq -name __pycache__ -prune -exec rm -rf {} + \
- && /opt/pipeq/bin/python -m compileall -q -j0 --invalidation-mode checked-hash /opt/pipeq/lib
+ && /opt/pipeq/bin/python -m compileall -q -j0 --invalidation-mode checked-hash -x '/(pip|setuptools|pkg_resources)/' /opt/pipeq/lib
+COPY pipeq ./pipeq
+RUN /opt/pipeq/bin/pip install --no-cache-dir --disable-pip-version-check --find-links /wheels --no-deps --no-compile . \
+ && /opt/pipeq/bin/python -m compileall -q --invalidation-mode checked-hash "$(/opt/pipeq/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/pipeq"
 
 # scripts/images.sh removes the results of older build stages by this label
 LABEL pipeq.dev/stage=build
