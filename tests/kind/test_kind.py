@@ -172,7 +172,8 @@ UNCOMPILED = ("import os, sys, importlib.util, pipeq.worker.main; "
 
 
 def test_worker_runs_as_10001_on_a_read_only_root_and_writes_its_job_folder(kind, slow):
-    (job_id,) = slow.enqueue(20)
+    # long enough for one exec into the busy pod (~1 s), which is all the test waits for
+    (job_id,) = slow.enqueue(10)
     pod = wait_for(lambda: next(iter(slow.busy_pods()), None), timeout=90, what="a busy slow worker pod")
     script = ("id -u; id -g; touch /opt/x 2>/dev/null && echo root-writable || echo root-read-only; "
               f"ls -d /data/jobs/{job_id}/work* 2>/dev/null | head -1; touch /data/jobs/{job_id}/probe && echo job-writable; "
