@@ -99,7 +99,7 @@ class Sightings:
 
 
 def one_run(kind: KindCluster, client: httpx.Client, files, conn: redis.Redis, seen: Sightings) -> dict[str, float]:
-    wait_for(lambda: not kind.pods("pipeq.dev/pool=default"), timeout=180, interval=0.5, what="the pool at zero pods")
+    wait_for(lambda: not kind.pods(f"{builders.POOL_LABEL}=default"), timeout=180, interval=0.5, what="the pool at zero pods")
     time.sleep(1)  # let the operator see zero too
     t0 = time.time()
     r = client.post("/run_pipeline", files=files, data={"sample": "cold"})
