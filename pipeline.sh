@@ -148,7 +148,7 @@ check_fastq() { # check_fastq PATH: the first records parse, sequence and qualit
   fi
 }
 # A reference's sequence letters: the IUPAC nucleotide codes, either case. The API's upload
-# check (pipeq/validate.py, REFERENCE_BASES and FASTA_LINES_CHECKED) is the same, so an
+# check (pipeq/inputs/checks.py, REFERENCE_BASES and FASTA_LINES_CHECKED) is the same, so an
 # accepted upload passes here; a test keeps the two equal.
 readonly REFERENCE_BASES=ACGTURYSWKMBDHVN FASTA_LINES_CHECKED=500 MAX_LINE=65536
 check_fasta() { # check_fasta PATH: a whole gzip stream; the first lines parse as FASTA

@@ -67,11 +67,21 @@ class Settings(BaseSettings):
     scale_down_delay: float = Field(scaling.SCALE_DOWN_DELAY, ge=0, description="Seconds a lower worker count must hold before workers are removed.")
     poll_interval: float = Field(scaling.POLL_INTERVAL, gt=0, description="pipeq dev: seconds between scaling decisions when no enqueue wakes the supervisor sooner (every enqueue through pipeq does).")
 
+    # The operator (`pipeq operator`; its command line overrides these)
+    operator_namespaces: str = Field("", description="pipeq operator: comma-separated namespaces to watch (glob patterns allowed); empty: every namespace.")
+    operator_metrics_port: int = Field(0, ge=0, description="pipeq operator: port of its Prometheus /metrics (0 = none).")
+    operator_max_pools: int = Field(256, ge=1, description="pipeq operator: most WorkerPools one operator serves at once (sizes kopf's thread pool: each pool's scaler holds a thread).")
+
     @model_validator(mode="after")
     def _check(self) -> "Settings":
         if self.min_workers > self.max_workers:
             raise ValueError("PIPEQ_MIN_WORKERS must not exceed PIPEQ_MAX_WORKERS")
         return self
+
+
+    @property
+    def operator_namespace_list(self) -> list[str]:
+        return [n.strip() for n in self.operator_namespaces.split(",") if n.strip()]
 
 
 @lru_cache

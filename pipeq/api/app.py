@@ -16,7 +16,7 @@ from pipeq.api.deps import require_token
 from pipeq.api.metrics import REGISTRY, QueueCollector
 from pipeq.api.routers import health, jobs, presigned, runs
 from pipeq.settings import Settings, get_settings
-from pipeq.store import Unavailable, open_store
+from pipeq.storage import Unavailable, open_store
 
 STATIC = Path(__file__).with_name("static")
 

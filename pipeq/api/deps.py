@@ -9,7 +9,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from pipeq.settings import Settings
-from pipeq.store import Store
+from pipeq.storage import Store
 
 _bearer = HTTPBearer(auto_error=False, description="Needed when the server has PIPEQ_API_TOKEN set.")
 

@@ -5,7 +5,7 @@ Python for every piece of every part and copies each file into a spooled tempora
 ``/tmp`` when it is large, from where it would be copied again into the job's folder. This
 parser looks only for the boundary (``bytes.find``, which skips ahead by the boundary's
 length) and keeps each file part as the chunks it arrived in: up to ``SPOOL_BYTES`` in
-memory, beyond that in a sink that ``spool`` gives (see :mod:`pipeq.store`): a file in the
+memory, beyond that in a sink that ``spool`` gives (see :mod:`pipeq.storage.base`): a file in the
 job's staging folder on the data volume, or a multipart upload into object storage, so the
 bytes go where they will stay as they arrive.
 
@@ -26,7 +26,7 @@ from urllib.parse import unquote
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from pipeq.store import Sink
+from pipeq.storage import Sink
 
 SPOOL_BYTES = 1 << 20  # a file part larger than this goes to its sink
 SINK_BATCH = 1 << 20  # bytes handed to a sink per trip to the thread pool

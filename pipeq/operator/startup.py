@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import socket
 
 import kopf
 
@@ -14,11 +14,11 @@ from pipeq.operator import builders, metrics
 from pipeq.operator.kube import Kube
 from pipeq.operator.status import StatusWriter
 from pipeq.signals import Signals
-from pipeq.settings import get_settings
+from pipeq.settings import Settings, get_settings
 
 
-def configure(settings: kopf.OperatorSettings) -> None:
-    """kopf's settings, each with why."""
+def configure(settings: kopf.OperatorSettings, config: Settings) -> None:
+    """kopf's settings, each with why; ``config`` is pipeq's own (the operator's fields)."""
     # Standalone, no peering: the chart runs one operator pod with strategy Recreate, and
     # peering would need a ClusterKopfPeering resource and cluster-wide RBAC for it.
     settings.peering.standalone = True
@@ -50,10 +50,10 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.posting.loggers = False
     settings.posting.level = logging.INFO
     settings.posting.reporting_component = "pipeq-operator"
-    settings.posting.reporting_instance = os.environ.get("HOSTNAME", "pipeq-operator")
+    settings.posting.reporting_instance = socket.gethostname()  # the pod's name on Kubernetes
     # Every pool runs a sync daemon in kopf's thread pool for its whole life: size the pool
     # for many pools plus the short create/update handlers (the default is ~cpus+4).
-    settings.execution.max_workers = int(os.environ.get("PIPEQ_OPERATOR_MAX_POOLS", "256")) + 16
+    settings.execution.max_workers = config.operator_max_pools + 16
     # A failed Deployment write is retried soon: the pool must not wait a minute for workers.
     settings.execution.default_backoff = 5
     # Daemons stop when their pool goes; a daemon between polls exits within one interval.
@@ -65,14 +65,18 @@ def configure(settings: kopf.OperatorSettings) -> None:
     # no scanning, which would list namespaces cluster-wide, a right the operator lacks
     # there; kopf retried that for ~55 s at every start before serving any pool.
     # Cluster-wide or with glob patterns, kopf scans (and the chart grants the right).
-    namespaces = [n for n in os.environ.get("PIPEQ_OPERATOR_NAMESPACES", "").split(",") if n]
+    namespaces = config.operator_namespace_list
     settings.scanning.disabled = bool(namespaces) and not any(c in n for n in namespaces for c in "*?[!")
 
 
 def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger) -> None:
     """Configure kopf and fill the memo every handler shares (per-resource memos are shallow
-    copies of this one, so they share its dict and set)."""
-    configure(settings)
+    copies of this one, so they share its dict and set). pipeq's settings are in
+    ``memo.settings`` when ``main.run`` started the operator (``kopf run -m pipeq.operator``
+    alone reads them from the environment)."""
+    config: Settings = memo.get("settings") or get_settings()
+    memo.settings = config
+    configure(settings, config)
     memo.kube = Kube(pool_size=settings.execution.max_workers)
     # every pool this operator has served, for releasing their finalizers on exit
     memo.pools = set()
@@ -83,8 +87,7 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger) -> None:
     # the enqueue signals that wake the pools' scalers, one subscriber per Redis
     memo.signals = Signals()
     # the Redis of pools that name none (and of their workers)
-    memo.redis_url = get_settings().redis_url
-    port = os.environ.get("PIPEQ_OPERATOR_METRICS_PORT")
-    if port and int(port) > 0:
-        metrics.serve(int(port))
-        logger.info("metrics on :%s/metrics", port)
+    memo.redis_url = config.redis_url
+    if config.operator_metrics_port > 0:
+        metrics.serve(config.operator_metrics_port)
+        logger.info("metrics on :%s/metrics", config.operator_metrics_port)

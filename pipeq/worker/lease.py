@@ -168,7 +168,7 @@ class Lease:
         return bool(ok)
 
     def publish(self, attempt) -> bool:
-        """Have ``attempt`` (a ``pipeq.store.Attempt``) make its results the job's, with
+        """Have ``attempt`` (a ``pipeq.storage.base.Attempt``) make its results the job's, with
         :meth:`claim` as the check it runs just before the step that counts; False if the
         lease said no (then nothing is published)."""
         return attempt.publish(self.claim)

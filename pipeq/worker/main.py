@@ -35,7 +35,7 @@ from rq.utils import now
 
 from pipeq.queue import BUSY_FIELD, cleaning, connect, reap_abandoned
 from pipeq.settings import Settings, get_settings
-from pipeq.store import Unavailable
+from pipeq.storage import Unavailable
 from pipeq.worker import task
 from pipeq.worker.lease import TRANSIENT, Lease, LeasedJob, LeaseLost, lease_client
 from pipeq.worker.starting import hold_stop_signals

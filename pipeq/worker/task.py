@@ -3,7 +3,7 @@
 The pipeline runs under a guard process (``guard.py``) that leads a new process group, so
 that a stop, a timeout or the death of the worker ends every process of the run. Output goes
 to the job's ``pipeline.log``; ``PROGRESS`` lines (see ``pipeq.progress``) become the job's
-``stage`` and ``progress``. Each attempt is a :class:`pipeq.store.Attempt` of the job's store:
+``stage`` and ``progress``. Each attempt is a :class:`pipeq.storage.base.Attempt` of the job's store:
 in the job's folder on the data volume, or in local scratch with object storage (inputs
 copied in, the log uploaded every few seconds). Its results are published only if the
 attempt succeeded and this worker still holds the job's lease; an attempt that finds the
@@ -26,10 +26,12 @@ from pathlib import Path
 import redis
 from rq import get_current_job
 
-from pipeq import progress, queue, references
+from pipeq import progress, queue
+from pipeq.inputs import references
 from pipeq.metrics_store import record_duration
 from pipeq.settings import Settings, get_settings
-from pipeq.store import Store, Unavailable, open_store
+from pipeq.storage import Store, Unavailable, open_store
+from pipeq.worker import scratch
 from pipeq.worker.lease import Lease, LeaseLost
 
 GUARD = Path(__file__).with_name("guard.py")
@@ -97,7 +99,8 @@ def run_pipeline(reads: list[str], reference: str, sample: str | None = None, so
         fail("stopped", "stopped on request")
 
     try:
-        attempt = store.attempt(job.id, number, job.worker_name or str(os.getpid()))
+        folder = scratch.claim(settings.scratch_dir, job.worker_name or str(os.getpid())) if store.uses_scratch else None
+        attempt = store.attempt(job.id, number, folder)
     except OSError as e:
         fail("storage error", f"cannot write the job folder: {e.strerror or e}")
     except Unavailable as e:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeq import validate
+from pipeq.inputs import checks as validate
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = ROOT / "pipeline.sh"
@@ -75,7 +75,7 @@ def test_api_and_pipeline_agree(client, tmp_path, name):
 
 
 def test_one_definition():
-    """pipeline.sh spells the reference alphabet and the lines it parses as validate.py does."""
+    """pipeline.sh spells the reference alphabet and the lines it parses as pipeq/inputs/checks.py does."""
     text = PIPELINE.read_text()
     constants = dict(re.findall(r"\b(REFERENCE_BASES|FASTA_LINES_CHECKED|MAX_LINE)=(\w+)", text))
     assert constants == {

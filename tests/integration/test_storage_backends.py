@@ -13,9 +13,11 @@ import pytest
 from rq import Queue
 from rq.job import Job
 
-from pipeq import s3, storage
+from pipeq.storage import files as data_folder
+from pipeq.storage.s3 import client as s3
+from pipeq.storage.s3.sink import S3Sink
 from pipeq.api import uploads
-from pipeq.store import open_store
+from pipeq.storage import open_store
 from tests.conftest import wait_for
 from tests.support import pipelines
 
@@ -32,7 +34,7 @@ def stored(settings) -> list[str]:
     """Everything the store holds: files under the data folder's jobs/, or the bucket's
     objects and unfinished multipart uploads."""
     if settings.storage == "file":
-        root = storage.jobs_root(settings.data_dir)
+        root = data_folder.jobs_root(settings.data_dir)
         return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.is_dir() else []
     bucket, _ = s3.parse_url(settings.storage)
     c = s3.client()
@@ -193,7 +195,7 @@ def test_s3_sink_streams_parts_and_checks_as_it_goes(s3_server, monkeypatch):
     monkeypatch.setattr(s3, "PART_BYTES", 5 * 1024 * 1024)
     record = b"@r\n" + b"ACGT" * 25 + b"\n+\n" + b"I" * 100 + b"\n"
     member = gzip.compress(record * 30_000, compresslevel=0)  # stored, not deflated: 7 MB
-    sink = s3.S3Sink(s3_server.client(), "sink", "x/reads.fq.gz")
+    sink = S3Sink(s3_server.client(), "sink", "x/reads.fq.gz")
     big = member * 2  # two gzip members, over three parts
     view = io.BytesIO(big)
     while piece := view.read(65536):
@@ -201,7 +203,7 @@ def test_s3_sink_streams_parts_and_checks_as_it_goes(s3_server, monkeypatch):
     sink.close()
     assert len(sink.parts) >= 2
     assert s3_server.client().get_object(Bucket="sink", Key="x/reads.fq.gz")["Body"].read() == big
-    from pipeq.validate import check_fastq
+    from pipeq.inputs.checks import check_fastq
 
     assert check_fastq(sink.open()) == 50
 
@@ -386,7 +388,7 @@ def test_store_down_while_a_job_runs_fails_it_and_keeps_its_inputs(settings, mak
 def test_public_only_connections_speak_verified_tls(referenced, dataset, monkeypatch):
     """The connection that checks addresses is the one TLS runs over: with loopback counted as
     public here, a wildcard-allowed HTTPS host is read, and the untrusted one still refused."""
-    from pipeq import references
+    from pipeq.inputs import references
 
     monkeypatch.setattr(references, "is_public", lambda address: True)
     head = references.head(f"{referenced['https']}/{dataset.reference.name}", 64, public=True)

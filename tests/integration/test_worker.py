@@ -102,12 +102,12 @@ def test_job_of_a_killed_worker_is_retried_and_finishes(client, dataset, workers
 def test_results_published_before_a_worker_died_are_not_run_again(client, dataset, workers, settings, use_pipeline, tmp_path):
     """A worker that published output/ and died before RQ recorded the job as finished: the
     retry returns that result instead of running the pipeline again."""
-    from pipeq import storage
+    from pipeq.storage import files as data_folder
 
     use_pipeline(pipelines.SLEEPY)
     trace = tmp_path / "trace"
     job_id = submit(client, dataset)
-    out = storage.job_dir(settings.data_dir, job_id) / "output"
+    out = data_folder.job_dir(settings.data_dir, job_id) / "output"
     out.mkdir()
     (out / "report.json").write_text('{"sample": "S1", "variants": 7}')
     (out / "calls.vcf").write_text("##fileformat=VCFv4.2\n")

@@ -102,7 +102,7 @@ spec:
 
 def s3_client(cluster: KindCluster):
     """A boto3 client of the in-cluster server, through a port-forward."""
-    from pipeq import s3
+    from pipeq.storage.s3 import client as s3
 
     url = cluster.forward("svc/s3", S3_PORT, namespace=S3_NAMESPACE)
     return s3.client(endpoint_url=url, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,

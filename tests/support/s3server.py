@@ -73,7 +73,7 @@ class VersityGW:
         self.client().create_bucket(Bucket=name)
 
     def client(self):
-        from pipeq import s3
+        from pipeq.storage.s3 import client as s3
 
         return s3.client(endpoint_url=self.url, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name=REGION)
 

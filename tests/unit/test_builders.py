@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import yaml
@@ -168,37 +167,42 @@ def test_scale_message():
     assert builders.scale_message(1, 4, "7 queued, 1 running") == "scaled 1→4: 7 queued, 1 running"
 
 
-def test_command_line_maps_to_kopf_run(monkeypatch):
+def test_command_line_maps_to_kopf_run():
     from pipeq.operator.main import parse
+    from pipeq.settings import Settings
 
-    monkeypatch.setenv("PIPEQ_OPERATOR_METRICS_PORT", "")  # parse() writes it: restored after
-    kwargs, verbose = parse([])
+    base = Settings(operator_metrics_port=0, operator_namespaces="")
+    kwargs, verbose = parse([], base)
+    settings = kwargs.pop("memo").settings
     assert kwargs == {"standalone": True, "clusterwide": True, "namespaces": [],
                       "liveness_endpoint": "http://0.0.0.0:8080/healthz"}
-    assert os.environ["PIPEQ_OPERATOR_METRICS_PORT"] == "0" and not verbose
+    assert settings.operator_metrics_port == 0 and not verbose
     kwargs, verbose = parse(["--namespace=a", "-n", "b", "--liveness=http://0.0.0.0:8081/healthz", "-v",
-                             "--metrics-port", "9100", "--standalone"])
+                             "--metrics-port", "9100", "--standalone"], base)
     assert kwargs["namespaces"] == ["a", "b"] and not kwargs["clusterwide"]
     assert kwargs["liveness_endpoint"] == "http://0.0.0.0:8081/healthz" and verbose
-    assert os.environ["PIPEQ_OPERATOR_METRICS_PORT"] == "9100"
-    assert parse(["--no-liveness"])[0]["liveness_endpoint"] is None
-    assert parse(["--liveness="])[0]["liveness_endpoint"] is None
+    assert kwargs["memo"].settings.operator_metrics_port == 9100
+    assert kwargs["memo"].settings.operator_namespaces == "a,b"
+    assert base.operator_metrics_port == 0  # the base is not changed
+    assert parse(["--no-liveness"], base)[0]["liveness_endpoint"] is None
+    assert parse(["--liveness="], base)[0]["liveness_endpoint"] is None
+    # the settings' own namespaces when the command line names none
+    assert parse([], Settings(operator_namespaces="x, y"))[0]["namespaces"] == ["x", "y"]
 
 
-def test_exact_namespaces_turn_kopf_scanning_off(monkeypatch):
+def test_exact_namespaces_turn_kopf_scanning_off():
     """A namespace-scoped operator may not list namespaces: kopf must not try (it retried
     for ~55 s on a real cluster before serving a pool); patterns and cluster-wide scan."""
     import kopf
 
     from pipeq.operator.main import parse
     from pipeq.operator.startup import configure
+    from pipeq.settings import Settings
 
-    monkeypatch.setenv("PIPEQ_OPERATOR_METRICS_PORT", "")
-    monkeypatch.setenv("PIPEQ_OPERATOR_NAMESPACES", "")
     for argv, disabled in ((["-n", "pipeq"], True), (["-n", "a", "-n", "b"], True), (["-n", "team-*"], False), ([], False)):
-        parse(argv)
+        config = parse(argv, Settings(operator_namespaces=""))[0]["memo"].settings
         settings = kopf.OperatorSettings()
-        configure(settings)
+        configure(settings, config)
         assert settings.scanning.disabled is disabled, argv
 
 

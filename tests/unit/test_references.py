@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from pipeq import references
-from pipeq.references import allowed, name_of
+from pipeq.inputs import references
+from pipeq.inputs.references import allowed, name_of
 from pipeq.settings import Settings
-from pipeq.validate import InvalidInput, check_fastq, head_of
+from pipeq.inputs.checks import InvalidInput, check_fastq, head_of
 
 
 def test_only_listed_schemes_and_hosts_are_allowed():

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from pipeq import progress, storage
+from pipeq import progress
+from pipeq.storage import files as data_folder, names
 
 JOB = "0123456789abcdef0123456789abcdef"
 
@@ -26,14 +27,14 @@ JOB = "0123456789abcdef0123456789abcdef"
     ],
 )
 def test_sanitize_filename(name, expected):
-    assert storage.sanitize_filename(name, "fallback") == expected
+    assert names.sanitize_filename(name, "fallback") == expected
 
 
 def test_job_dir_refuses_non_ids(tmp_path):
-    assert storage.job_dir(tmp_path, JOB) == tmp_path / "jobs" / JOB
+    assert data_folder.job_dir(tmp_path, JOB) == tmp_path / "jobs" / JOB
     for bad in ("../x", JOB + "/..", "x" * 32, JOB.upper()):
         with pytest.raises(ValueError):
-            storage.job_dir(tmp_path, bad)
+            data_folder.job_dir(tmp_path, bad)
 
 
 def test_output_file_reaches_only_regular_files_in_output(tmp_path):
@@ -45,10 +46,10 @@ def test_output_file_reaches_only_regular_files_in_output(tmp_path):
     (tmp_path / "jobs" / JOB / "pipeline.log").write_text("log")
     os.symlink(tmp_path / "secret", out / "link")
     os.symlink(out / "a.vcf.gz", out / "inner-link")
-    assert storage.output_file(tmp_path, JOB, "a.vcf.gz") == (out / "a.vcf.gz").resolve()
+    assert data_folder.output_file(tmp_path, JOB, "a.vcf.gz") == (out / "a.vcf.gz").resolve()
     for bad in ("../pipeline.log", "..", ".", "sub", "link", "inner-link", "/etc/passwd", "a.vcf.gz\0", "", "missing"):
-        assert storage.output_file(tmp_path, JOB, bad) is None, bad
-    assert storage.list_outputs(tmp_path, JOB) == ["a.vcf.gz"]
+        assert data_folder.output_file(tmp_path, JOB, bad) is None, bad
+    assert data_folder.list_outputs(tmp_path, JOB) == ["a.vcf.gz"]
 
 
 @pytest.mark.parametrize(
@@ -77,7 +78,7 @@ def test_prune_removes_expired_jobs_and_stale_uploads_only(tmp_path):
     old = 10_000
     for name in (kept, expired, ".incoming-x", "not-a-job"):
         os.utime(root / name, (os.path.getmtime(root / name) - old,) * 2)
-    removed = storage.prune(tmp_path, job_exists=lambda i: i == kept, older_than=3600, incoming_older_than=3600)
+    removed = data_folder.prune(tmp_path, job_exists=lambda i: i == kept, older_than=3600, incoming_older_than=3600)
     assert sorted(removed) == sorted([expired, ".incoming-x"])
     assert sorted(p.name for p in root.iterdir()) == sorted([kept, young, "not-a-job"])
 
@@ -86,12 +87,12 @@ def test_prune_removes_expired_jobs_and_stale_uploads_only(tmp_path):
 def test_filename_problem_names_paths_and_control_characters(name):
     # (HTTP clients percent-encode NUL and control bytes in multipart names; the check
     # still refuses them should one arrive raw)
-    assert storage.filename_problem(name)
+    assert names.filename_problem(name)
 
 
 @pytest.mark.parametrize("name", ["r1.fq.gz", "naïve ☃.fq", "read 1 (copy).fq", "ＮＦＫＣ.fa", ""])
 def test_filename_problem_accepts_plain_names(name):
-    assert storage.filename_problem(name) is None
+    assert names.filename_problem(name) is None
 
 
 def test_prune_keeps_an_upload_still_being_written_after_an_hour(tmp_path):
@@ -107,6 +108,6 @@ def test_prune_keeps_an_upload_still_being_written_after_an_hour(tmp_path):
         os.utime(path, (two_hours_ago,) * 2)
     with open(live / "spool" / "part-1", "ab") as f:
         f.write(b"ACGT\n")  # still arriving
-    removed = storage.prune(tmp_path, job_exists=lambda i: False, older_than=3600, incoming_older_than=3600)
+    removed = data_folder.prune(tmp_path, job_exists=lambda i: False, older_than=3600, incoming_older_than=3600)
     assert removed == [".incoming-dead"]
     assert (live / "spool" / "part-1").exists()

@@ -15,7 +15,7 @@ from starlette.requests import Request
 
 from pipeq.api import uploads
 from pipeq.api.uploads import Rejected
-from pipeq.store import FileSink
+from pipeq.storage.files import FileSink
 
 FASTQ = b"".join(b"@r%d\nACGTACGTAC\n+\nIIIIIIIIII\n" % i for i in range(50))
 KEEP = frozenset({"reads", "reference", "sample", "other"})

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from pipeq.validate import InvalidInput, check_fasta, check_fastq
+from pipeq.inputs.checks import InvalidInput, check_fasta, check_fastq
 
 FASTQ = b"".join(b"@read%d/1\nACGTNACGTA\n+\nIIIII#####\n" % i for i in range(500))
 FASTA = b">chr1 test\n" + b"ACGT" * 50 + b"\nACG\n>chr2\nNNNNACGT\n"
@@ -107,7 +107,7 @@ def test_fast_paths_agree_with_the_record_loop(monkeypatch, fmt):
     refuses, nor count differently: 3 000 random mutations of valid files, both ways."""
     import random
 
-    from pipeq import validate
+    from pipeq.inputs import checks as validate
 
     rng = random.Random(8)
     base = b"".join(FASTQ.splitlines(keepends=True)[: 4 * 70]) if fmt == "fastq" else b">c1 x\nACGTACGTAC\nGGTT\n>c2\nNNAC\n>c3 y\nacgt\n"
@@ -152,7 +152,7 @@ def _gzip_named(data: bytes, name: str) -> bytes:
 def test_one_call_inflate_takes_only_whole_single_members(data, whole):
     """libdeflate's one call is used for a lone, complete member; everything else streams
     through zlib, and both give the same content (or the same refusal)."""
-    from pipeq import validate
+    from pipeq.inputs import checks as validate
 
     got = validate._gunzip_whole(io.BytesIO(data))
     if whole:
@@ -182,7 +182,7 @@ def test_one_call_inflate_takes_only_whole_single_members(data, whole):
 @pytest.mark.parametrize("gz", [False, True])
 def test_head_window_changes_nothing(monkeypatch, data, gz):
     """Splitting a window of the head gives the lines, flag and refusals of splitting it all."""
-    from pipeq import validate
+    from pipeq.inputs import checks as validate
 
     blob = gzip.compress(data) if gz else data
 

@@ -15,7 +15,7 @@ from pipeq import jobs, queue
 from pipeq.api.deps import get_redis, get_settings, get_store
 from pipeq.api.routers.runs import job_or_404, status_of
 from pipeq.settings import Settings
-from pipeq.store import NotFound, Store
+from pipeq.storage import NotFound, Store
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])  # the token check, if any, is added by create_app
 

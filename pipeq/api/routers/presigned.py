@@ -18,10 +18,10 @@ from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from pipeq import storage
+from pipeq.storage import names
 from pipeq.api.deps import get_redis, get_settings, get_store
 from pipeq.settings import Settings
-from pipeq.store import NotFound, Store
+from pipeq.storage import NotFound, Store
 
 router = APIRouter(prefix="/uploads", tags=["uploads"])  # the token check, if any, is added by create_app
 
@@ -66,7 +66,7 @@ class Uploaded(BaseModel):
 
 
 def _s3_store(store: Store):
-    from pipeq.s3 import S3Store
+    from pipeq.storage.s3.store import S3Store
 
     if not isinstance(store, S3Store):
         raise HTTPException(status.HTTP_409_CONFLICT, detail="presigned uploads need object storage (PIPEQ_STORAGE=s3://...); upload through POST /run_pipeline")
@@ -93,10 +93,10 @@ def start_upload(given: NewUpload, settings: Settings = Depends(get_settings), s
     s3 = _s3_store(store)
     if given.size > settings.max_upload_bytes:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=f"{given.filename}: {given.size} bytes, more than the {settings.max_upload_bytes} accepted bytes per file")
-    if problem := storage.filename_problem(given.filename):
+    if problem := names.filename_problem(given.filename):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[{"loc": ["body", "filename"], "msg": f"{given.filename!r}: {problem}", "type": "value_error"}])
     upload_id = uuid.uuid4().hex
-    key = s3.upload_key(upload_id, storage.sanitize_filename(given.filename, "upload"))
+    key = s3.upload_key(upload_id, names.sanitize_filename(given.filename, "upload"))
     s3_upload, part_size, urls = s3.start_upload(key, given.size, EXPIRES_SECONDS, signer=_signer(settings))
     conn.set(_record(upload_id), json.dumps({"key": key, "s3_upload": s3_upload, "size": given.size}), ex=EXPIRES_SECONDS)
     return Upload(upload_id=upload_id, part_size=part_size, parts=[PartURL(part_number=i, url=u) for i, u in enumerate(urls, 1)], expires_in=EXPIRES_SECONDS)
@@ -110,7 +110,7 @@ def start_upload(given: NewUpload, settings: Settings = Depends(get_settings), s
 )
 async def complete_upload(upload_id: str, given: Complete, settings: Settings = Depends(get_settings), store: Store = Depends(get_store), conn: redis.Redis = Depends(get_redis)) -> Uploaded:
     s3 = _s3_store(store)
-    raw = conn.get(_record(upload_id)) if storage.JOB_ID_RE.match(upload_id) else None
+    raw = conn.get(_record(upload_id)) if names.JOB_ID_RE.match(upload_id) else None
     if raw is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no upload {upload_id!r} (it may have expired)")
     up = json.loads(raw)
@@ -136,6 +136,6 @@ def _signer(settings: Settings):
 
 @functools.lru_cache(maxsize=2)
 def _signer_for(endpoint: str):
-    from pipeq import s3
+    from pipeq.storage.s3 import client as s3
 
     return s3.client(endpoint_url=endpoint)

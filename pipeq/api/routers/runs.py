@@ -12,14 +12,16 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 from rq.job import Job
 
-from pipeq import jobs, queue, references, storage
+from pipeq import jobs, queue
 from pipeq.api import uploads
 from pipeq.api.deps import get_redis, get_settings, get_store
 from pipeq.api.metrics import SUBMISSIONS
 from pipeq.api.uploads import Rejected
+from pipeq.inputs import references
+from pipeq.inputs.checks import InvalidInput, check_fasta, check_fastq, head_of
 from pipeq.settings import Settings
-from pipeq.store import Staging, Store, Unavailable
-from pipeq.validate import InvalidInput, check_fasta, check_fastq, head_of
+from pipeq.storage import Staging, Store, Unavailable
+from pipeq.storage import names as safe_names
 
 router = APIRouter(tags=["runs"])  # the token check, if any, is added by create_app
 
@@ -240,7 +242,7 @@ class _Namer:
             if part.name == "reads":
                 self.reads += 1
             fallback = f"reads_{self.reads}.fastq" if part.name == "reads" else "reference.fasta"
-            part.stored_name = unique(storage.sanitize_filename(part.filename or "", fallback), self.used)
+            part.stored_name = unique(safe_names.sanitize_filename(part.filename or "", fallback), self.used)
         return part.stored_name
 
 
@@ -264,7 +266,7 @@ def _store_and_check(staging: Staging, namer: _Namer, reads: list[uploads.Part],
         ("reference", reference, check_fasta),
     ):
         label = f"{field.split('[')[0]}" if len(reads) == 1 or field == "reference" else field
-        if problem := storage.filename_problem(upload.filename or ""):
+        if problem := safe_names.filename_problem(upload.filename or ""):
             raise Rejected(422, label, f"{upload.filename!r}: {problem}")
         name = namer(upload)
         try:
@@ -298,7 +300,7 @@ def job_status(job_id: str, conn: redis.Redis = Depends(get_redis)) -> Response:
 
 def job_or_404(conn: redis.Redis, job_id: str) -> tuple[Job, int | None]:
     """The job and its queue position (see ``jobs.fetch_for_status``); 404 if there is none."""
-    found = jobs.fetch_for_status(conn, job_id) if storage.JOB_ID_RE.match(job_id) else None
+    found = jobs.fetch_for_status(conn, job_id) if safe_names.JOB_ID_RE.match(job_id) else None
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {job_id!r}")
     return found

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from pipeq import storage
+from pipeq.storage import names
 from pipeq.settings import Settings
-from pipeq.store import NotFound, Unavailable
+from pipeq.storage.base import NotFound, Unavailable
 
 #: Bytes read from the head of a referenced object to check it before the 202.
 HEAD_RANGE = 1024 * 1024
@@ -99,7 +99,7 @@ def allow_list(settings: Settings) -> list[str]:
 
 def name_of(url: str, fallback: str) -> str:
     """A file name for the object: the URL's last path segment, made safe."""
-    return storage.sanitize_filename(unquote(urlsplit(url).path.rsplit("/", 1)[-1]), fallback)
+    return names.sanitize_filename(unquote(urlsplit(url).path.rsplit("/", 1)[-1]), fallback)
 
 
 def head(url: str, nbytes: int = HEAD_RANGE, *, public: bool = True) -> Head:
@@ -116,7 +116,7 @@ def fetch(url: str, out: BinaryIO, *, public: bool = True) -> None:
     Raises Unavailable when it cannot be read."""
     try:
         if url.startswith("s3://"):
-            from pipeq import s3
+            from pipeq.storage.s3 import client as s3
 
             bucket, key = s3.parse_url(url)
             with s3.errors(url):
@@ -130,7 +130,7 @@ def fetch(url: str, out: BinaryIO, *, public: bool = True) -> None:
 
 
 def _s3_head(url: str, nbytes: int) -> Head:
-    from pipeq import s3
+    from pipeq.storage.s3 import client as s3
 
     bucket, key = s3.parse_url(url)
     try:
@@ -140,7 +140,7 @@ def _s3_head(url: str, nbytes: int) -> Head:
     except NotFound:
         raise Refused("no such object") from None
     except Unavailable as e:
-        if "InvalidRange" in str(e):  # an empty object
+        if e.code == "InvalidRange":  # an empty object
             return Head(b"", 0)
         raise Refused(str(e).split(": ", 1)[-1]) from None
     return Head(data, _length(got.get("ContentRange"), len(data)))

@@ -1,11 +1,4 @@
-"""Job files in an S3-compatible object store (``PIPEQ_STORAGE=s3://BUCKET[/PREFIX]``).
-
-The client is boto3: AWS's own SDK, which reads the standard variables and files
-(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``,
-profiles, IRSA and workload-identity web tokens), so AWS, MinIO, Ceph RGW, SeaweedFS and
-versitygw all work unchanged. Requests are signed with SigV4 and, with a custom endpoint,
-addressed path-style (``endpoint/bucket/key``), which every S3-compatible server takes and
-which presigned URLs need there.
+"""The object-storage backend: job files in an S3-compatible object store (``PIPEQ_STORAGE=s3://BUCKET[/PREFIX]``).
 
 Layout under ``<PREFIX>/jobs/<job_id>/``:
 
@@ -21,137 +14,20 @@ Layout under ``<PREFIX>/jobs/<job_id>/``:
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import functools
 import json
-import os
 import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import urlsplit
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeq import storage
-from pipeq.store import NotFound, Unavailable, summary_of
-from pipeq.validate import StreamCheck
-
-#: Size of the parts of a multipart upload (S3 wants at least 5 MiB but for the last).
-PART_BYTES = 8 * 1024 * 1024
-#: S3's most parts in one multipart upload.
-MAX_PARTS = 10_000
-#: Bytes per read when a result or an input is streamed out of the store.
-READ_BYTES = 1024 * 1024
-_MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
-
-
-def client(**overrides):
-    """A boto3 S3 client from the standard AWS configuration, signing SigV4, path-style,
-    with bounded timeouts and few retries (an unreachable store answers within seconds)."""
-    config = Config(
-        signature_version="s3v4",
-        s3={"addressing_style": "path"},
-        connect_timeout=overrides.pop("connect_timeout", 5),
-        read_timeout=overrides.pop("read_timeout", 60),
-        retries={"max_attempts": overrides.pop("max_attempts", 3), "mode": "standard"},
-        max_pool_connections=32,
-    )
-    return boto3.session.Session().client("s3", config=config, **overrides)
-
-
-def parse_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/some/key`` → ("bucket", "some/key")."""
-    parts = urlsplit(url)
-    if parts.scheme != "s3" or not parts.netloc:
-        raise ValueError(f"not an s3:// URL: {url!r}")
-    return parts.netloc, parts.path.lstrip("/")
-
-
-@contextlib.contextmanager
-def errors(what: str) -> Iterator[None]:
-    """Turn boto3's errors into NotFound (no such object) or Unavailable (anything else)."""
-    try:
-        yield
-    except ClientError as e:
-        code = str(e.response.get("Error", {}).get("Code", ""))
-        if code in _MISSING:
-            raise NotFound(what) from None
-        message = e.response.get("Error", {}).get("Message") or code
-        raise Unavailable(f"{what}: the object store answered {code or 'an error'} ({message})") from None
-    except BotoCoreError as e:
-        raise Unavailable(f"{what}: the object store is unreachable ({type(e).__name__})") from None
-
-
-#: Threads that send the parts of the uploads streaming through this process.
-_senders = ThreadPoolExecutor(8, thread_name_prefix="s3-part")
-
-
-class S3Sink:
-    """A large upload streaming into a multipart upload, checked as it goes (see
-    :class:`pipeq.validate.StreamCheck`): nothing of it is read back. A part is sent while
-    the next one arrives (at most ``IN_FLIGHT`` parts in memory besides the one filling)."""
-
-    IN_FLIGHT = 2
-
-    def __init__(self, s3, bucket: str, key: str):
-        self.s3, self.bucket, self.key = s3, bucket, key
-        with errors(f"s3://{bucket}/{key}"):
-            self.upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-        self.parts: list[dict] = []
-        self.sending: list[Future] = []
-        self.buf = bytearray()
-        self.check = StreamCheck()
-        self.done = False
-
-    def write(self, piece: bytes) -> None:
-        self.check.feed(piece)
-        self.buf += piece
-        if len(self.buf) >= PART_BYTES:
-            self._flush()
-
-    def _flush(self) -> None:
-        number = len(self.parts) + len(self.sending) + 1
-        self.sending.append(_senders.submit(self._send, number, bytes(self.buf)))
-        self.buf.clear()
-        while len(self.sending) > self.IN_FLIGHT:
-            self.parts.append(self.sending.pop(0).result())
-
-    def _send(self, number: int, body: bytes) -> dict:
-        with errors(f"s3://{self.bucket}/{self.key}"):
-            r = self.s3.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body)
-        return {"PartNumber": number, "ETag": r["ETag"]}
-
-    def close(self) -> None:
-        if self.done:
-            return
-        if self.buf or not (self.parts or self.sending):
-            self._flush()
-        while self.sending:
-            self.parts.append(self.sending.pop(0).result())
-        with errors(f"s3://{self.bucket}/{self.key}"):
-            self.s3.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
-        self.done = True
-
-    def abort(self) -> None:
-        for f in self.sending:
-            f.cancel()
-        for f in self.sending:
-            with contextlib.suppress(Exception):
-                f.result()  # a part still being sent would otherwise land after the abort
-        with contextlib.suppress(ClientError, BotoCoreError):
-            if self.done:
-                self.s3.delete_object(Bucket=self.bucket, Key=self.key)
-            else:
-                self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
-
-    def open(self) -> BinaryIO:
-        return self.check.open()
+from pipeq.storage.base import NotFound, Unavailable, summary_of
+from pipeq.storage.names import JOB_ID_RE, check_job_id, files_in
+from pipeq.storage.s3.client import READ_BYTES, errors, parse_url, shared_client
+from pipeq.storage.s3.sink import MAX_PARTS, PART_BYTES, S3Sink
 
 
 class S3Staging:
@@ -211,7 +87,7 @@ class S3Attempt:
                 self.store.download(self.store.key(self.job_id, "inputs", name), f)
 
     def publish(self, claim: Callable[[], bool]) -> bool:
-        files = storage.files_in(self.workdir)
+        files = files_in(self.workdir)
         folder = f"attempts/{self.number}"
         for name in files:
             with open(self.workdir / name, "rb") as f, errors(f"publishing {name}"):
@@ -245,20 +121,20 @@ class S3Attempt:
 class S3Store:
     """Job files under ``s3://bucket/prefix/jobs/<job_id>/`` (see the module's docstring)."""
 
-    def __init__(self, bucket: str, prefix: str = "", *, scratch: Path, s3=None):
+    uses_scratch = True
+
+    def __init__(self, bucket: str, prefix: str = "", *, s3=None):
         self.bucket, self.prefix = bucket, prefix.strip("/")
-        self.scratch = Path(scratch)
         self.s3 = s3 or shared_client()
-        self._held = None  # the lock on this worker's scratch folder, held for its life
 
     @classmethod
-    def from_url(cls, url: str, *, scratch: Path) -> S3Store:
+    def from_url(cls, url: str) -> S3Store:
         bucket, prefix = parse_url(url)
-        return cls(bucket, prefix, scratch=scratch)
+        return cls(bucket, prefix)
 
     def key(self, job_id: str, *names: str) -> str:
-        storage.job_dir(Path("/"), job_id)  # ValueError for anything but a job id
-        return "/".join(p for p in (self.prefix, "jobs", job_id, *names) if p)
+        """The key of ``names`` in a job's folder; ValueError for anything but a job id."""
+        return "/".join(p for p in (self.prefix, "jobs", check_job_id(job_id), *names) if p)
 
     # -- primitives ---------------------------------------------------------------------------
 
@@ -347,28 +223,10 @@ class S3Store:
         self.key(job_id)
         return S3Staging(self, job_id)
 
-    def attempt(self, job_id: str, number: int, worker: str) -> S3Attempt:
-        return S3Attempt(self, job_id, number, self._claim_scratch(storage.sanitize_filename(worker, "worker")))
-
-    def _claim_scratch(self, name: str) -> Path:
-        """This worker's scratch folder, ``<scratch>/<name>/``. A worker holds a lock on
-        ``<name>.lock`` while it lives; the folders of workers whose lock is free (killed
-        ones) are removed here, at the next attempt's start on the machine."""
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        if self._held is None:
-            self._held = open(self.scratch / f"{name}.lock", "w")
-            fcntl.flock(self._held, fcntl.LOCK_EX)
-        for lock in self.scratch.glob("*.lock"):
-            if lock.name == f"{name}.lock":
-                continue
-            with open(lock, "a") as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    continue  # its worker is alive
-                shutil.rmtree(self.scratch / lock.stem, ignore_errors=True)
-                lock.unlink(missing_ok=True)
-        return self.scratch / name
+    def attempt(self, job_id: str, number: int, scratch: Path | None) -> S3Attempt:
+        if scratch is None:
+            raise ValueError("an attempt on object storage needs a scratch folder")
+        return S3Attempt(self, job_id, number, scratch)
 
     def published(self, job_id: str) -> dict | None:
         try:
@@ -383,7 +241,7 @@ class S3Store:
         except NotFound:
             return b""
         except Unavailable as e:
-            if "InvalidRange" in str(e):  # an empty log
+            if e.code == "InvalidRange":  # an empty log
                 return b""
             raise
 
@@ -416,7 +274,7 @@ class S3Store:
         now, newest = time.time(), {}
         for obj in self.keys_under(root):
             job_id = obj["Key"][len(root):].split("/", 1)[0]
-            if storage.JOB_ID_RE.match(job_id):
+            if JOB_ID_RE.match(job_id):
                 newest[job_id] = max(newest.get(job_id, 0.0), obj["LastModified"].timestamp())
         uploads = "/".join(p for p in (self.prefix, "uploads") if p) + "/"
         self._delete_keys([o["Key"] for o in self.keys_under(uploads) if now - o["LastModified"].timestamp() > older_than])
@@ -434,13 +292,3 @@ class S3Store:
         return removed
 
 
-@functools.lru_cache(maxsize=4)
-def _client_for(endpoint: str | None, access_key: str | None, region: str | None):
-    return client()
-
-
-def shared_client():
-    """One client per process for objects outside the job store (inputs given by
-    reference), made again when the AWS configuration in the environment changes."""
-    env = os.environ.get
-    return _client_for(env("AWS_ENDPOINT_URL") or env("AWS_ENDPOINT_URL_S3"), env("AWS_ACCESS_KEY_ID"), env("AWS_REGION") or env("AWS_DEFAULT_REGION"))
