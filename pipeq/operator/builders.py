@@ -21,6 +21,10 @@ DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 BUSY_COST = 1000
 #: pod-deletion-cost of an idle worker
 IDLE_COST = 0
+#: What the node autoscalers read: a busy worker's node is not drained for consolidation
+#: (Cluster Autoscaler, Karpenter); an idle one's may be. Set only while a job runs.
+SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
+DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
 #: seconds beyond the pipeline timeout that a worker told to stop is given to finish its job:
 #: the worker's own kill grace after the timeout, recording the result, and slack.
 GRACE_MARGIN = 60
@@ -170,15 +174,18 @@ def worker_deployment(name: str, spec: Mapping[str, Any], *, replicas: int, defa
 
 def pod_annotations(pod_annotations_now: Mapping[str, str] | None, job_id: str | None) -> dict[str, str | None] | None:
     """The annotation patch that makes a worker pod say what it runs and how dear it is to
-    scale-down: busy → its job id and a high deletion cost; idle → no job, low cost. None
-    when the pod already says so (no API write). A pod without a deletion cost has cost 0
-    to the ReplicaSet, which is IDLE_COST: a new, idle pod needs no write (a scale-up to N
-    would otherwise cost N pod patches on the way)."""
+    scale-down and to the node autoscalers: busy → its job id, a high deletion cost, not
+    safe to evict, do not disrupt; idle → no job, low cost, the autoscalers' annotations
+    removed. None when the pod already says so (no API write). A pod without a deletion
+    cost has cost 0 to the ReplicaSet, which is IDLE_COST: a new, idle pod needs no write (a
+    scale-up to N would otherwise cost N pod patches on the way)."""
     now = dict(pod_annotations_now or {})
     now.setdefault(DELETION_COST, str(IDLE_COST))
     want: dict[str, str | None] = {
         JOB_ANNOTATION: job_id,
         DELETION_COST: str(BUSY_COST if job_id else IDLE_COST),
+        SAFE_TO_EVICT: "false" if job_id else None,
+        DO_NOT_DISRUPT: "true" if job_id else None,
     }
     patch = {k: v for k, v in want.items() if now.get(k) != v}
     return patch or None

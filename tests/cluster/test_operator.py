@@ -272,6 +272,9 @@ def test_scale_down_removes_idle_workers_and_every_job_finishes(cluster, pools):
     annotations = next(p for p in pools.pods() if p["metadata"]["name"] == keeper)["metadata"].get("annotations", {})
     assert annotations.get("pipeq.dev/job") == long_job, annotations
     assert annotations.get("controller.kubernetes.io/pod-deletion-cost") == "1000", annotations
+    # the node autoscalers leave a busy worker's node alone
+    assert annotations.get("cluster-autoscaler.kubernetes.io/safe-to-evict") == "false", annotations
+    assert annotations.get("karpenter.sh/do-not-disrupt") == "true", annotations
     assert (pools.pool().get("status") or {}).get("busy") == 1
     wait_for(lambda: pools.status(long_job) == "finished", timeout=60, what="the long job finished on its worker")
     wait_for(lambda: pools.replicas() == 0, timeout=20, what="scale to zero")

@@ -144,10 +144,13 @@ def test_crd_documents_every_field():
 
 def test_pod_annotations_patch_only_what_changed():
     busy = builders.pod_annotations({}, "abc")
-    assert busy == {"pipeq.dev/job": "abc", "controller.kubernetes.io/pod-deletion-cost": str(builders.BUSY_COST)}
+    assert busy == {"pipeq.dev/job": "abc", "controller.kubernetes.io/pod-deletion-cost": str(builders.BUSY_COST),
+                    "cluster-autoscaler.kubernetes.io/safe-to-evict": "false", "karpenter.sh/do-not-disrupt": "true"}
     assert builders.pod_annotations(busy, "abc") is None
     idle = builders.pod_annotations(busy, None)
-    assert idle == {"pipeq.dev/job": None, "controller.kubernetes.io/pod-deletion-cost": str(builders.IDLE_COST)}
+    # a merge patch's null removes the key: an idle pod's node may be consolidated again
+    assert idle == {"pipeq.dev/job": None, "controller.kubernetes.io/pod-deletion-cost": str(builders.IDLE_COST),
+                    "cluster-autoscaler.kubernetes.io/safe-to-evict": None, "karpenter.sh/do-not-disrupt": None}
     assert builders.BUSY_COST > builders.IDLE_COST
     assert builders.pod_annotations({"controller.kubernetes.io/pod-deletion-cost": "0"}, None) is None
     # a new pod has no deletion cost, which the ReplicaSet counts as 0: idle already, no write
