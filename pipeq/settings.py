@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     # The operator (`pipeq operator`; its command line overrides these)
     operator_namespaces: str = Field("", description="pipeq operator: comma-separated namespaces to watch (glob patterns allowed); empty: every namespace.")
     operator_metrics_port: int = Field(0, ge=0, description="pipeq operator: port of its Prometheus /metrics (0 = none).")
+    operator_pool_selector: str = Field("", description="pipeq operator: a label selector (e.g. `pipeq.dev/release=pipeq`); only the WorkerPools it selects are served, so two releases' operators in one cluster never both scale a pool. Empty: every pool.")
     operator_max_pools: int = Field(256, ge=1, description="pipeq operator: most WorkerPools one operator serves at once (sizes kopf's thread pool: each pool's scaler holds a thread).")
 
     @model_validator(mode="after")

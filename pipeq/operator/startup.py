@@ -11,7 +11,7 @@ import socket
 import kopf
 
 from pipeq.operator import builders, metrics
-from pipeq.operator.kube import Kube
+from pipeq.operator.kube import GROUP, PLURAL, VERSION, Kube
 from pipeq.operator.status import StatusWriter
 from pipeq.signals import Signals
 from pipeq.settings import Settings, get_settings
@@ -39,6 +39,11 @@ def configure(settings: kopf.OperatorSettings, config: Settings) -> None:
     # bandwidth for nothing.
     settings.watching.label_selectors["", "v1", "pods"] = builders.POOL_LABEL
     settings.watching.label_selectors["apps", "v1", "deployments"] = builders.POOL_LABEL
+    # Only this release's pools, when the chart says which (PIPEQ_OPERATOR_POOL_SELECTOR): two
+    # releases' operators in one cluster would otherwise both scale every pool, each
+    # undoing the other's replicas. Filtered by the API server, like the pods.
+    if config.operator_pool_selector:
+        settings.watching.label_selectors[GROUP, VERSION, PLURAL] = config.operator_pool_selector
     # Fail fast on a dead API server at connect time; retries follow kopf's backoffs.
     settings.watching.connect_timeout = 10
     # Reconnect quickly after a dropped watch: missed pods mean stale deletion costs.

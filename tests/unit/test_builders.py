@@ -209,6 +209,24 @@ def test_exact_namespaces_turn_kopf_scanning_off():
         assert settings.scanning.disabled is disabled, argv
 
 
+def test_a_pool_selector_limits_the_pools_watched():
+    """Two releases in one cluster: each operator watches only the pools its selector picks
+    (the API server filters the watch), so they never both scale one pool."""
+    import kopf
+
+    from pipeq.operator.kube import GROUP, PLURAL, VERSION
+    from pipeq.operator.startup import configure
+    from pipeq.settings import Settings
+
+    resource = kopf.Resource(GROUP, VERSION, PLURAL)
+    settings = kopf.OperatorSettings()
+    configure(settings, Settings(operator_pool_selector="pipeq.dev/release=blue"))
+    assert settings.watching.label_selectors.collect(resource) == ["pipeq.dev/release=blue"]
+    settings = kopf.OperatorSettings()
+    configure(settings, Settings(operator_pool_selector=""))
+    assert settings.watching.label_selectors.collect(resource) == []
+
+
 def test_finalizer_removal_tests_the_entry_it_removes():
     from pipeq.operator.builders import FINALIZER, finalizer_removal
 
