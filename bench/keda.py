@@ -301,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     kind = KindCluster(CLUSTER, work / "kind")
     out: dict = {"settings": vars(args) | {"json": None, "max_replicas": MAX_REPLICAS}, "bursts": {}, "scale_down": {}}
     try:
-        kind.up({"workerPool.minReplicas": 0})
+        # KEDA's scaler and the benchmark's pools name Redis by a plain URL: no password, and
+        # no NetworkPolicy keeping KEDA's pods from it (the chart's defaults close both)
+        kind.up({"workerPool.minReplicas": 0, "redis.auth.enabled": False, "networkPolicy.enabled": False})
         install_keda(kind, work)
         out["setup"] = kind.timings
         kind.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps({

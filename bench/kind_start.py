@@ -135,9 +135,9 @@ def main(argv=None) -> int:
         print("set-up: " + ", ".join(f"{k} {v} s" for k, v in kind.timings.items()))
         ds = make_dataset(work / "data", seed=3, n_snps=4)
         files = [("reads", (q.name, q.read_bytes())) for q in ds.reads] + [("reference", (ds.reference.name, ds.reference.read_bytes()))]
-        client = httpx.Client(base_url=kind.api_url(), timeout=30)
+        client = httpx.Client(base_url=kind.api_url(), timeout=30, headers=kind.api_headers())
         wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60, what="the API")
-        conn = queue.connect(kind.forward(f"svc/{RELEASE}-redis", 6379, scheme="redis") + "/0")
+        conn = queue.connect(kind.redis_url())
         seen = Sightings(kind.kubeconfig)
         steps = ["replicas_set", "pod_created", "scheduled", "container_started", "worker_registered", "first_line"]
         rows = []

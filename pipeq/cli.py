@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("operator", help="run the WorkerPool operator (kopf); `pipeq operator --help` for its options")
 
+    sub.add_parser("chart-upgrade", help="the chart's pre-install/pre-upgrade hook: apply the CRD (pipeq/operator/upgrade.py)")
     sub.add_parser("delete-pools", help="delete a namespace's WorkerPools and wait (the chart's pre-delete hook): NAMESPACE [TIMEOUT]")
 
     dev = sub.add_parser("dev", help="run everything on this machine: embedded Redis, the API, autoscaled workers")
@@ -54,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeq.operator.main import run
 
         return run(argv[1:])
+    if argv[:1] == ["chart-upgrade"]:
+        from pipeq.operator.upgrade import main as chart_upgrade
+
+        return chart_upgrade(argv[1:])
     if argv[:1] == ["delete-pools"]:
         from pipeq.operator.uninstall import main as delete_pools
 

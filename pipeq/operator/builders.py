@@ -153,7 +153,8 @@ def worker_deployment(name: str, spec: Mapping[str, Any], *, replicas: int, defa
         "enableServiceLinks": False,
         "volumes": [*copy.deepcopy(spec.get("volumes") or []), {"name": TMP_VOLUME, "emptyDir": {}}],
     }
-    for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints", "serviceAccountName"):
+    for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints", "serviceAccountName",
+                "imagePullSecrets", "priorityClassName"):
         if spec.get(key):
             pod[key] = copy.deepcopy(spec[key])
     return {

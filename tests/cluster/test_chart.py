@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import yaml
+
 from tests.support import chart
 from tests.support.cluster import free_port, wait_for
 
@@ -85,8 +87,12 @@ def test_rendered_chart_passes_server_side_dry_run(cluster, namespace, sets):
 
 def test_manifests_are_rendered_from_the_chart():
     current = (ROOT / "manifests" / "pipeq.yaml").read_text()
-    header, body = current.split("\n", 1)
-    assert body == chart.render(), "manifests/ is stale: run `make manifests`"
+    assert current == chart.manifests_text(), "manifests/ is stale: run `make manifests`"
+    # no Secret in it (no password or token in git), and every namespace it names is pipeq's
+    docs = [d for d in yaml.safe_load_all(current) if d]
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    subjects = [s for d in docs for s in d.get("subjects") or []]
+    assert subjects and {s["namespace"] for s in subjects} == {"pipeq"}
 
 
 def test_install_in_restricted_namespace_with_narrow_rbac_and_clean_uninstall(cluster, namespace):
@@ -122,9 +128,11 @@ def test_install_in_restricted_namespace_with_narrow_rbac_and_clean_uninstall(cl
     assert "FailedCreate" not in events, cluster.kubectl("get", "events", "-n", namespace).stdout
 
     cluster.helm("uninstall", release, "-n", namespace, "--wait")
-    # everything goes but the data PVC, kept on purpose (helm.sh/resource-policy: keep)
-    wait_for(lambda: cluster.kubectl("get", "all,pvc,sa,role,rolebinding,secret,workerpools", "-n", namespace, "-l",
-                                     f"app.kubernetes.io/instance={release}", "-o", "name").stdout.split()
-             == [f"persistentvolumeclaim/{release}-pipeq-data"], timeout=60, what="the release's objects to go")
+    # everything goes but the data PVC and the API token, kept on purpose (helm.sh/resource-policy:
+    # keep: a reinstall finds the job folders, and clients keep their token)
+    wait_for(lambda: sorted(cluster.kubectl("get", "all,pvc,sa,role,rolebinding,secret,workerpools,configmap", "-n", namespace,
+                                            "-l", f"app.kubernetes.io/instance={release}", "-o", "name").stdout.split())
+             == [f"persistentvolumeclaim/{release}-pipeq-data", f"secret/{release}-pipeq-api-token"],
+             timeout=60, what="the release's objects to go")
     cluster_objs = cluster.kubectl("get", "clusterrole,clusterrolebinding", "-o", "name").stdout
     assert release not in cluster_objs

@@ -4,6 +4,8 @@ a real pipeline run is submitted over REST, and the pool scales up and back down
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from tests.e2e.body import run_end_to_end
@@ -26,10 +28,14 @@ def test_helm_install_run_scale_and_uninstall(cluster, namespace, redis_server, 
     ]
     cluster.helm("install", release, str(chart.CHART), "-n", namespace, *[a for s in sets for a in ("--set", s)])
     try:
+        # api.auth is on by default: the token the chart generated, from its Secret
+        token = cluster.kubectl("get", "secret", f"{release}-api-token", "-n", namespace, "-o",
+                                "jsonpath={.data.token}").stdout
         seen = run_end_to_end(
             f"http://127.0.0.1:{api_port}",
             lambda *a: cluster.kubectl(*a).stdout,
             namespace, "default", tmp_path / "sim", scale_down_timeout=90, ready_timeout=30,
+            headers={"Authorization": f"Bearer {base64.b64decode(token).decode()}"},
         )
         print("\n" + seen["table"])
     except BaseException:
@@ -43,8 +49,8 @@ def test_helm_install_run_scale_and_uninstall(cluster, namespace, redis_server, 
         "custom-columns=KIND:.kind,NAME:.metadata.name,DELETING:.metadata.deletionTimestamp,FINALIZERS:.metadata.finalizers", check=False).stdout
     wait_for(lambda: not [k for k in cluster.node.processes() if k[0] == namespace], timeout=60, what="every pod process to end")
 
-    def left():  # the namespace's own default ServiceAccount is not ours; the data PVC is kept on purpose
+    def left():  # the namespace's own default ServiceAccount is not ours; the data PVC and the API token are kept on purpose
         names = cluster.kubectl("get", "deployments,pods,workerpools,sa,roles,rolebindings,secrets,pvc", "-n", namespace, "-o", "name").stdout.split()
-        return [n for n in names if n != "serviceaccount/default" and not n.endswith("-data")]
+        return [n for n in names if n not in ("serviceaccount/default", f"secret/{release}-api-token") and not n.endswith("-data")]
 
     wait_for(lambda: left() == [], timeout=60, what=f"nothing of the release left (still {left()})")

@@ -49,7 +49,7 @@ kind: WorkerPool
 metadata: {{name: slow}}
 spec:
   queue: {SLOW_QUEUE}
-  redis: {{url: "redis://{RELEASE}-redis:6379/0"}}
+  redis: {{secretRef: {{name: {RELEASE}-redis-auth, key: url}}}}
   image: pipeq-worker:{TAG}
   imagePullPolicy: Never
   minReplicas: 0
@@ -80,7 +80,7 @@ class SlowPool:
         self.kind = kind
 
     def conn(self) -> redis.Redis:
-        return queue.connect(self.kind.forward(f"svc/{RELEASE}-redis", 6379, scheme="redis") + "/0")
+        return queue.connect(self.kind.redis_url())
 
     def read(self, fn):
         """fn(conn), retried while Redis or the forward to it is coming back."""
@@ -159,9 +159,26 @@ def test_chart_installs_in_a_restricted_namespace_and_helm_test_passes(kind):
 
 def test_a_real_run_over_rest_finds_the_planted_snps_and_the_pool_scales_0_1_0(kind, tmp_path):
     seen = run_end_to_end(kind.api_url(), kubectl_of(kind), NAMESPACE, "default", tmp_path,
-                          scale_down_timeout=120, ready_timeout=120)
+                          headers=kind.api_headers(), scale_down_timeout=120, ready_timeout=120)
     print("\n" + seen["table"])
     assert "default" in seen["table"]
+
+
+def test_the_default_install_refuses_redis_and_api_clients_without_credentials(kind):
+    import httpx
+
+    anonymous = queue.connect(kind.forward(f"svc/{RELEASE}-redis", 6379, scheme="redis") + "/0")
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.lpush("rq:queue:pipeline_tasks", "planted")
+    assert queue.connect(kind.redis_url()).ping()
+    api = kind.api_url()
+    assert httpx.get(f"{api}/readyz", timeout=10).status_code == 200  # probes stay open
+    for path in ("/metrics", "/job_status/0123456789abcdef0123456789abcdef"):
+        r = httpx.get(f"{api}{path}", timeout=10)
+        assert r.status_code == 401, (path, r.status_code, r.text)
+    assert httpx.get(f"{api}/metrics", headers=kind.api_headers(), timeout=10).status_code == 200
 
 
 # The source files of the modules a worker imports whose bytecode is not in the image.

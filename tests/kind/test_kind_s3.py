@@ -33,7 +33,8 @@ def test_no_data_volume_and_runs_on_both_worker_nodes_publish_into_the_bucket(ki
     worker_nodes = cluster.worker_nodes()
     assert len(worker_nodes) == 2 and sorted(node_of.values()) == sorted(worker_nodes), node_of
 
-    client = httpx.Client(base_url=cluster.forward(f"svc/{kind_s3.RELEASE}-api", 80, namespace=ns), timeout=60)
+    client = httpx.Client(base_url=cluster.forward(f"svc/{kind_s3.RELEASE}-api", 80, namespace=ns), timeout=60,
+                          headers=cluster.api_headers(namespace=ns, release=kind_s3.RELEASE))
     datasets, job_ids = [], []
     for i in range(RUNS):
         ds = make_dataset(tmp_path / f"d{i}", seed=20 + i, n_snps=4)

@@ -210,6 +210,24 @@ class KindCluster:
         """http://127.0.0.1:<port> of the API Service."""
         return self.forward(f"svc/{RELEASE}-api", 80)
 
+    def secret(self, name: str, key: str, namespace: str = NAMESPACE) -> str:
+        """One key of a Secret, decoded."""
+        import base64
+
+        data = self.get_json("secret", name, "-n", namespace)["data"]
+        return base64.b64decode(data[key]).decode()
+
+    def api_headers(self, namespace: str = NAMESPACE, release: str = RELEASE) -> dict[str, str]:
+        """The bearer token the chart generated (api.auth is on by default), as headers."""
+        return {"Authorization": f"Bearer {self.secret(f'{release}-api-token', 'token', namespace)}"}
+
+    def redis_url(self, namespace: str = NAMESPACE, release: str = RELEASE) -> str:
+        """redis://:<password>@127.0.0.1:<port>/0: the release's Redis through a port-forward,
+        with the password the chart generated (redis.auth is on by default)."""
+        password = self.secret(f"{release}-redis-auth", "password", namespace)
+        local = self.forward(f"svc/{release}-redis", 6379, scheme="redis", namespace=namespace)
+        return local.replace("redis://", f"redis://:{password}@", 1) + "/0"
+
     def forward(self, target: str, port: int, scheme: str = "http", namespace: str = NAMESPACE) -> str:
         """``scheme://127.0.0.1:<local port>`` forwarded to ``port`` of ``target`` (e.g.
         svc/pipeq-redis) by kubectl port-forward; restarted when it has died (it does when

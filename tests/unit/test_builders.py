@@ -76,6 +76,18 @@ def test_redis_url_and_secret_ref():
     assert builders.redis_secret_ref({"redis": {"secretRef": {"name": "s", "key": "k"}}}) == ("s", "k")
 
 
+def test_image_pull_secrets_and_priority_class_reach_the_pod_only_when_set():
+    pod = deployment({"image": "reg.example.org/w", "imagePullSecrets": [{"name": "regcred"}],
+                      "priorityClassName": "batch-low"})["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}] and pod["priorityClassName"] == "batch-low"
+    # a pool without them keeps the template it had, so an operator upgrade rolls no worker
+    plain = deployment({"image": "w"})["spec"]["template"]["spec"]
+    assert not {"imagePullSecrets", "priorityClassName"} & set(plain)
+    crd = yaml.safe_load((ROOT / "helm/pipeq/crds/workerpools.yaml").read_text())
+    props = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert props["imagePullSecrets"]["items"]["required"] == ["name"] and props["priorityClassName"]["type"] == "string"
+
+
 def test_pod_template_parts_pass_through_and_operator_env_wins():
     spec = {
         "image": "w", "imagePullPolicy": "Always", "queue": "q2",

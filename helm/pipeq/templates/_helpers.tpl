@@ -15,24 +15,79 @@ app.kubernetes.io/name: pipeq
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
-{{- define "pipeq.image" -}}{{ .Values.image.repository }}:{{ .Values.image.tag }}{{- end -}}
-{{- define "pipeq.workerImage" -}}{{ .Values.workerImage.repository }}:{{ .Values.workerImage.tag }}{{- end -}}
+{{/* repository:tag, or repository@digest when a digest is given */}}
+{{- define "pipeq.imageRef" -}}
+{{- if .digest -}}{{ .repository }}@{{ .digest }}{{- else -}}{{ .repository }}:{{ .tag }}{{- end -}}
+{{- end -}}
+{{- define "pipeq.image" -}}{{ include "pipeq.imageRef" .Values.image }}{{- end -}}
+{{- define "pipeq.workerImage" -}}{{ include "pipeq.imageRef" .Values.workerImage }}{{- end -}}
 
-{{/* The Redis URL everyone uses: the chart's Redis, or the external one. */}}
-{{- define "pipeq.redisUrl" -}}
-{{- if .Values.redis.enabled -}}redis://{{ include "pipeq.fullname" . }}-redis:{{ .Values.redis.port }}/0{{- else -}}{{ .Values.redis.external.url }}{{- end -}}
+{{/* The chart's Redis Service (a ClusterIP Service; the StatefulSet's headless one is -redis-headless). */}}
+{{- define "pipeq.redisHost" -}}{{ include "pipeq.fullname" . }}-redis{{- end -}}
+
+{{/* The Secret with the chart's Redis password and URL: generated, or redis.auth.existingSecret. */}}
+{{- define "pipeq.redisAuthSecret" -}}
+{{- .Values.redis.auth.existingSecret | default (printf "%s-redis-auth" (include "pipeq.fullname" .)) -}}
 {{- end -}}
 
-{{/* PIPEQ_REDIS_URL as an EnvVar: from the external Secret when one is named (no RBAC needed: the kubelet injects it). */}}
+{{/* (name, key) of the Secret holding the Redis URL every component uses, as a dict; empty
+     when the URL is a plain value (the chart's Redis without auth, or redis.external.url). */}}
+{{- define "pipeq.redisUrlSecret" -}}
+{{- if .Values.redis.enabled -}}
+{{- if .Values.redis.auth.enabled -}}
+{{- dict "name" (include "pipeq.redisAuthSecret" .) "key" .Values.redis.auth.urlKey | toJson -}}
+{{- else -}}{}{{- end -}}
+{{- else if .Values.redis.external.existingSecret -}}
+{{- dict "name" .Values.redis.external.existingSecret "key" .Values.redis.external.secretKey | toJson -}}
+{{- else -}}{}{{- end -}}
+{{- end -}}
+
+{{/* The Redis URL as a plain value, when no Secret holds it. */}}
+{{- define "pipeq.redisUrl" -}}
+{{- if .Values.redis.enabled -}}redis://{{ include "pipeq.redisHost" . }}:{{ .Values.redis.port }}/0{{- else -}}{{ .Values.redis.external.url }}{{- end -}}
+{{- end -}}
+
+{{/* PIPEQ_REDIS_URL as an EnvVar: from its Secret when there is one (no RBAC needed: the
+     kubelet injects it), so the password is never in a pod spec. */}}
 {{- define "pipeq.redisEnv" -}}
+{{- $secret := include "pipeq.redisUrlSecret" . | fromJson -}}
 - name: PIPEQ_REDIS_URL
-{{- if and (not .Values.redis.enabled) .Values.redis.external.existingSecret }}
+{{- if $secret }}
   valueFrom:
-    secretKeyRef:
-      name: {{ .Values.redis.external.existingSecret }}
-      key: {{ .Values.redis.external.secretKey }}
+    secretKeyRef: {name: {{ $secret.name }}, key: {{ $secret.key }}}
 {{- else }}
   value: {{ include "pipeq.redisUrl" . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* imagePullSecrets and priorityClassName of a pod spec, when set. */}}
+{{- define "pipeq.podCommon" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* nodeSelector, tolerations, affinity of one component (api, operator, redis), when set. */}}
+{{- define "pipeq.scheduling" -}}
+{{- range $key := list "nodeSelector" "tolerations" "affinity" }}
+{{- with index $.component $key }}
+{{ $key }}: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The ServiceAccount annotations of a pipeq pod's account: serviceAccountAnnotations,
+     plus storage.s3's with s3 (for the API and the workers, s3=true). */}}
+{{- define "pipeq.saAnnotations" -}}
+{{- $a := deepCopy (.root.Values.serviceAccountAnnotations | default dict) -}}
+{{- if and .s3 (eq .root.Values.storage.type "s3") -}}
+{{- $a = merge $a (.root.Values.storage.s3.serviceAccountAnnotations | default dict) -}}
+{{- end -}}
+{{- with $a }}
+annotations: {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
 
@@ -64,12 +119,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end -}}
 
-{{/* The ServiceAccount annotations of storage.s3 (IRSA / workload identity), if any. */}}
-{{- define "pipeq.storageAnnotations" -}}
-{{- if and (eq .Values.storage.type "s3") .Values.storage.s3.serviceAccountAnnotations }}
-annotations: {{- toYaml .Values.storage.s3.serviceAccountAnnotations | nindent 2 }}
-{{- end }}
-{{- end -}}
 
 {{- define "pipeq.dataClaim" -}}
 {{- .Values.data.existingClaim | default (printf "%s-data" (include "pipeq.fullname" .)) -}}
@@ -77,4 +126,51 @@ annotations: {{- toYaml .Values.storage.s3.serviceAccountAnnotations | nindent 2
 
 {{- define "pipeq.tokenSecret" -}}
 {{- .Values.api.auth.existingSecret | default (printf "%s-api-token" (include "pipeq.fullname" .)) -}}
+{{- end -}}
+
+{{/* The API's auth and quota settings as EnvVars, each only when set. */}}
+{{- define "pipeq.apiAuthEnv" -}}
+{{- $auth := .Values.api.auth -}}
+{{- if $auth.enabled }}
+- name: PIPEQ_API_TOKEN
+  valueFrom:
+    secretKeyRef: {name: {{ include "pipeq.tokenSecret" . }}, key: {{ $auth.secretKey }}}
+{{- end }}
+{{- with $auth.oidc }}
+{{- if .issuer }}
+- {name: PIPEQ_OIDC_ISSUER, value: {{ .issuer | quote }}}
+{{- with .audience }}
+- {name: PIPEQ_OIDC_AUDIENCE, value: {{ . | quote }}}
+{{- end }}
+- {name: PIPEQ_OIDC_GROUPS_CLAIM, value: {{ .groupsClaim | quote }}}
+{{- with .adminGroups }}
+- {name: PIPEQ_ADMIN_GROUPS, value: {{ join "," . | quote }}}
+{{- end }}
+{{- with .userGroups }}
+- {name: PIPEQ_USER_GROUPS, value: {{ join "," . | quote }}}
+{{- end }}
+{{- with .webClientId }}
+- {name: PIPEQ_OIDC_WEB_CLIENT_ID, value: {{ . | quote }}}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- with .Values.quotas }}
+{{- if not (kindIs "invalid" .activeJobs) }}
+- {name: PIPEQ_QUOTA_ACTIVE_JOBS, value: {{ .activeJobs | int64 | quote }}}
+{{- end }}
+{{- if not (kindIs "invalid" .submissionsPerMinute) }}
+- {name: PIPEQ_QUOTA_SUBMISSIONS_PER_MINUTE, value: {{ .submissionsPerMinute | int64 | quote }}}
+{{- end }}
+{{- with .groups }}
+- {name: PIPEQ_QUOTA_GROUPS, value: {{ toJson . | quote }}}
+{{- end }}
+{{- end }}
+{{- include "pipeq.fairShareEnv" . }}
+{{- end -}}
+
+{{/* PIPEQ_FAIR_SHARE_WEIGHTS (the API and the workers), when set. */}}
+{{- define "pipeq.fairShareEnv" -}}
+{{- with .Values.fairShare.weights }}
+- {name: PIPEQ_FAIR_SHARE_WEIGHTS, value: {{ toJson . | quote }}}
+{{- end }}
 {{- end -}}
