@@ -322,3 +322,17 @@ def test_crd_hook_ships_the_crd_file_as_it_is():
     assert role["rules"] == [{"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
                               "resourceNames": ["workerpools.pipeq.dev"], "verbs": ["get", "update"]}]
     assert not [d for d in chart.objects("crds.install=false", hooks=True) if d["metadata"]["name"].startswith("pipeq-crd")]
+
+
+def test_the_operator_serves_only_its_own_releases_pools():
+    """Two releases in one cluster never both scale a pool: the operator watches the pools
+    labelled with its release, and the chart's own pool carries that label."""
+    docs = chart.objects()
+    e = env(by(docs, "Deployment", "-operator")["spec"]["template"]["spec"])
+    assert e["PIPEQ_OPERATOR_POOL_SELECTOR"]["value"] == "app.kubernetes.io/instance=pipeq"
+    selector = dict(kv.split("=") for kv in e["PIPEQ_OPERATOR_POOL_SELECTOR"]["value"].split(","))
+    pool_labels = by(docs, "WorkerPool")["metadata"]["labels"]
+    assert all(pool_labels.get(k) == v for k, v in selector.items()), pool_labels
+    out = template("operator.watchPools=all")
+    assert out.returncode == 0, out.stderr
+    assert "PIPEQ_OPERATOR_POOL_SELECTOR" not in out.stdout

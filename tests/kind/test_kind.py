@@ -46,7 +46,7 @@ data:
 ---
 apiVersion: pipeq.dev/v1alpha1
 kind: WorkerPool
-metadata: {{name: slow}}
+metadata: {{name: slow, labels: {{app.kubernetes.io/instance: {RELEASE}}}}}
 spec:
   queue: {SLOW_QUEUE}
   redis: {{secretRef: {{name: {RELEASE}-redis-auth, key: url}}}}
