@@ -170,9 +170,10 @@ class KindCluster:
         self.load(*images)
         return redis
 
-    def install(self, values: dict[str, object], namespace: str = NAMESPACE, release: str = RELEASE) -> None:
-        """``helm upgrade --install --wait`` of the chart as ``release`` into ``namespace``, which
-        enforces the restricted Pod Security Standard."""
+    def install(self, values: dict[str, object], namespace: str = NAMESPACE, release: str = RELEASE,
+                chart: str = "helm/pipeq") -> None:
+        """``helm upgrade --install --wait`` of ``chart`` (this checkout's, by default) as
+        ``release`` into ``namespace``, which enforces the restricted Pod Security Standard."""
         self.kubectl("create", "namespace", namespace, check=False)
         self.kubectl("label", "--overwrite", "namespace", namespace,
                      "pod-security.kubernetes.io/enforce=restricted", "pod-security.kubernetes.io/enforce-version=latest")
@@ -186,7 +187,7 @@ class KindCluster:
             d[leaf] = value
         path = self.workdir / f"values-{release}.json"
         path.write_text(json.dumps(nested, indent=2))
-        self.helm("upgrade", "--install", release, "helm/pipeq", "-n", namespace, "--wait", "--timeout", "5m",
+        self.helm("upgrade", "--install", release, chart, "-n", namespace, "--wait", "--timeout", "5m",
                   "-f", str(path), timeout=420)
 
     def delete(self) -> None:

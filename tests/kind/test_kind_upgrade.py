@@ -1,0 +1,194 @@
+"""A user's second day: ``helm upgrade`` from the previous chart to this one while long jobs
+run, on real pods.
+
+A release of the chart as it stood before the closed install (``PREVIOUS``, taken from git)
+runs two long jobs with two more queued; then ``helm upgrade`` to this checkout's chart,
+which also changes the worker image's tag. Each job must run exactly once: the running ones
+finish on their old pods (busy pods are never killed under their job), the queued ones go to
+new pods, no pod lingers in Terminating, and the new CRD field reaches the WorkerPool. Then
+an operator-only upgrade (a new operator pod template) must leave the pool's replicas and
+its workers' pods alone.
+
+The previous chart had an open Redis; turning its password on restarts every client, so the
+upgrade keeps ``redis.auth.enabled=false`` (docs/deploy.md: turn it on while no job runs).
+The new chart's Redis StatefulSet differs (a headless Service), so its pod restarts during
+the upgrade: the running jobs ride that out within their lease.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tarfile
+import io
+import uuid
+
+import pytest
+from rq.job import Job
+
+from pipeq import queue
+from tests.support.kind import ROOT, TAG, VALUES, run
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.kind, pytest.mark.timeout(900)]
+
+#: the last commit of the chart before it was closed by default (issue 23)
+PREVIOUS = "851a288"
+NS = "upgrade"
+RELEASE = "pipeq-up"
+NEW_TAG = f"{TAG}-up"
+JOB_SECONDS = 60
+#: sleeps for the seconds its sample names and traces each start and end with its pod's name
+SLEEPER = """#!/bin/sh
+while [ $# -gt 0 ]; do
+  case "$1" in --outdir) outdir=$2; shift 2 ;; --sample) sample=$2; shift 2 ;; *) shift ;; esac
+done
+job=${outdir#*/jobs/}; job=${job%%/*}
+echo "start $job $HOSTNAME" >> /data/trace-up.log
+echo "PROGRESS 10 sleep ${sample#sleep-}"
+sleep "${sample#sleep-}"
+echo '{"sample": "x", "variants": 0}' > "$outdir/report.json"
+echo "end $job $HOSTNAME" >> /data/trace-up.log
+echo "PROGRESS 100 done"
+"""
+#: both charts: two workers at most, the pipeline above from the data volume
+POOL = {
+    "workerPool.maxReplicas": 2,
+    "workerPool.env": [{"name": "PIPEQ_PIPELINE", "value": "/data/sleeper.sh"},
+                       {"name": "PIPEQ_MAINTENANCE_INTERVAL", "value": "1"}],
+}
+
+
+def previous_chart(dest) -> str:
+    """The chart at PREVIOUS, extracted from git into ``dest``; its path."""
+    try:
+        archive = subprocess.run(["git", "archive", "--format=tar", PREVIOUS, "helm/pipeq"], cwd=ROOT,
+                                 capture_output=True, check=True).stdout
+    except subprocess.CalledProcessError as e:
+        pytest.fail(f"the previous chart ({PREVIOUS}) is not in this clone's history: {e.stderr.decode()[-300:]}")
+    tarfile.open(fileobj=io.BytesIO(archive)).extractall(dest, filter="data")
+    return str(dest / "helm" / "pipeq")
+
+
+class Release:
+    def __init__(self, kind):
+        self.kind = kind
+
+    def conn(self):
+        return queue.connect(self.kind.forward(f"svc/{RELEASE}-redis", 6379, scheme="redis", namespace=NS) + "/0")
+
+    def read(self, fn):
+        """fn(conn), retried while Redis or the forward to it comes back (Redis restarts)."""
+        def attempt():
+            try:
+                return (fn(self.conn()),)
+            except Exception:  # noqa: BLE001  (connection refused, forward gone: try again)
+                return None
+        return wait_for(attempt, timeout=180, interval=1, what="Redis through the port-forward")[0]
+
+    def statuses(self, ids) -> list[str]:
+        return self.read(lambda c: [Job.fetch(j, connection=c).get_status(refresh=True).value for j in ids])
+
+    def pods(self, with_terminating: bool = False) -> list[dict]:
+        items = self.kind.get_json("pods", "-n", NS, "-l", "pipeq.dev/pool=default")["items"]
+        return [p for p in items if with_terminating or not p["metadata"].get("deletionTimestamp")]
+
+    def busy(self) -> dict[str, str]:
+        return {p["metadata"]["name"]: job for p in self.pods(with_terminating=True)
+                if (job := (p["metadata"].get("annotations") or {}).get("pipeq.dev/job"))}
+
+    def trace(self) -> list[list[str]]:
+        pod = self.kind.pods("app.kubernetes.io/component=api", namespace=NS)[0]["metadata"]["name"]
+        out = self.kind.kubectl("exec", "-n", NS, pod, "--", "cat", "/data/trace-up.log", check=False)
+        return [line.split() for line in out.splitlines() if line.strip()]
+
+    def deployment(self) -> dict:
+        return self.kind.get_json("deployment", "default-workers", "-n", NS)
+
+
+@pytest.fixture(scope="module")
+def release(kind, tmp_path_factory):
+    """The previous chart installed as RELEASE in NS, the sleeper on its data volume."""
+    chart = previous_chart(tmp_path_factory.mktemp("previous-chart"))
+    values = {**VALUES, "redis.image": kind.redis_image, **POOL}
+    kind.timed("previous chart", kind.install, values, NS, RELEASE, chart)
+    api = kind.pods("app.kubernetes.io/component=api", namespace=NS)[0]["metadata"]["name"]
+    kind.kubectl("exec", "-i", "-n", NS, api, "--", "sh", "-c",
+                 "cat > /data/sleeper.sh && chmod 755 /data/sleeper.sh", input=SLEEPER)
+    run("docker", "tag", f"pipeq-worker:{TAG}", f"pipeq-worker:{NEW_TAG}")
+    kind.timed("the new worker tag", kind.load, f"pipeq-worker:{NEW_TAG}")
+    yield Release(kind)
+    kind.stop_forward()
+    kind.helm("uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "3m", check=False, timeout=200)
+    kind.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+
+
+def test_helm_upgrade_under_running_jobs_runs_each_job_once(kind, release):
+    ids = [uuid.uuid4().hex for _ in range(4)]
+    for job_id in ids:
+        release.read(lambda c, j=job_id: queue.enqueue_run(c, "pipeline_tasks", j, {"reads": [], "reference": "r",
+                                                                                      "sample": f"sleep-{JOB_SECONDS}"},
+                                                           meta={}, retries=2, ttl=1800))
+    # two run (maxReplicas 2), two wait
+    old_busy = wait_for(lambda: (b := release.busy()) if len(b) == 2 else None, timeout=180, interval=1,
+                        what="two old pods running a job each")
+    old_pods = {p["metadata"]["name"] for p in release.pods()}
+    running = set(old_busy.values())
+    queued = [j for j in ids if j not in running]
+    assert len(queued) == 2
+
+    new_values = {**VALUES, "redis.image": kind.redis_image, **POOL, "workerImage.tag": NEW_TAG,
+                  "redis.auth.enabled": False,
+                  # a field the previous CRD did not have
+                  "imagePullSecrets": [{"name": "pipeq-upgrade-test"}]}
+    kind.timed("helm upgrade", kind.install, new_values, NS, RELEASE)
+
+    pool = kind.get_json("workerpool", "default", "-n", NS)
+    assert pool["spec"].get("imagePullSecrets") == [{"name": "pipeq-upgrade-test"}], \
+        "the new WorkerPool field was pruned: the CRD was not upgraded"
+    wait_for(lambda: release.deployment()["spec"]["template"]["spec"]["containers"][0]["image"].endswith(f":{NEW_TAG}"),
+             timeout=60, interval=1, what="the worker Deployment on the new image")
+
+    # while the old pods finish their jobs, neither is killed before its job ends
+    def all_done():
+        busy = release.busy()
+        for pod, job in old_busy.items():
+            if job not in busy.values() and release.statuses([job])[0] not in ("finished",):
+                # the old pod's job neither runs nor finished: it was taken from its pod
+                raise AssertionError(f"{job} left its pod {pod} unfinished: {release.statuses([job])}")
+        return all(s == "finished" for s in release.statuses(ids))
+    wait_for(all_done, timeout=JOB_SECONDS * 3 + 120, interval=2, what="all four jobs finished")
+
+    starts: dict[str, list[str]] = {}
+    for fields in release.trace():
+        if fields[0] == "start":
+            starts.setdefault(fields[1], []).append(fields[2])
+    assert {j: len(starts.get(j, [])) for j in ids} == {j: 1 for j in ids}, f"each job runs once: {starts}"
+    for pod, job in old_busy.items():
+        assert starts[job] == [pod], f"{job} ran on {starts[job]}, not on its old pod {pod}"
+    for job in queued:
+        assert starts[job][0] not in old_pods, f"queued job {job} ran on an old pod {starts[job]}"
+
+    # no pod lingers in Terminating once the old ones' jobs are done
+    wait_for(lambda: not any(p["metadata"].get("deletionTimestamp") for p in release.pods(with_terminating=True)),
+             timeout=30, interval=1, what="no worker pod left Terminating")
+    assert not ({p["metadata"]["name"] for p in release.pods(with_terminating=True)} & old_pods)
+
+    # an operator upgrade (a new operator pod) leaves the pool's replicas and its pods alone
+    before = release.deployment()
+    pods_before = {p["metadata"]["name"] for p in release.pods()}
+    kind.timed("operator-only upgrade", kind.install, {**new_values, "operator.podAnnotations": {"pipeq.dev/test": "restart"}},
+               NS, RELEASE)
+    def new_operator_served_the_pool():
+        pods = [p for p in kind.pods("app.kubernetes.io/component=operator", namespace=NS)
+                if "pipeq.dev/test" in (p["metadata"].get("annotations") or {})]
+        if not pods:
+            return None
+        logs = kind.kubectl("logs", "-n", NS, pods[0]["metadata"]["name"], check=False)
+        return "Deployment default-workers applied" in logs  # pipeq.operator.deployment.ensure
+    wait_for(new_operator_served_the_pool, timeout=120, interval=2,
+             what="the new operator pod's resume of the pool (its Deployment applied again)")
+    # it applied the pool's Deployment again without changing it
+    after = release.deployment()
+    assert after["metadata"]["generation"] == before["metadata"]["generation"], "the operator rolled the workers"
+    assert after["spec"]["replicas"] == before["spec"]["replicas"]
+    assert {p["metadata"]["name"] for p in release.pods()} == pods_before
