@@ -485,10 +485,9 @@ cat >multiqc_config.yaml <<'YAML'
 # MultiQC settings for pipeq job folders (written by pipeline.sh, the same in every job).
 #   multiqc -c multiqc_config.yaml .        or, over many jobs (docs/pipeline.md):
 #   multiqc -c jobs/<any>/multiqc_config.yaml jobs/*/
-title: pipeq runs
 extra_fn_clean_exts:
   - {type: regex, pattern: ' fastp report$'}
-  - {type: regex, pattern: '\.(stats|idxstats|coverage|flagstat|bcftools_stats)$'}
+  - {type: regex, pattern: '\.(stats|idxstats|coverage|flagstat|bcftools_stats)(\.(txt|tsv))?$'}
 YAML
 
 rm -rf -- "$WORK"
