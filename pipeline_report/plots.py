@@ -120,7 +120,7 @@ def depth_figure(layout: DepthLayout, per: dict[str, list[float]], pooled_mean: 
         width_px = length / (axis_len or 1) * c.pw
         if width_px >= 60:
             for t in svg.nice_ticks(0, length / div, max(1, int(width_px // 70))):
-                if t * div < length:
+                if t * div < length and (t > 0 or i == 0):  # a contig's 0 would sit on the last one's end
                     ticks.append((offset + t * div, svg.fmt(t)))
         bins = per.get(name, [])
         edges = [offset + min(j * layout.bin_size, length) for j in range(len(bins) + 1)]
