@@ -106,19 +106,25 @@ def depth_figure(layout: DepthLayout, per: dict[str, list[float]], pooled_mean: 
     pooled_len = sum(length for _, length in layout.pooled)
     pooled_w = min(pooled_len, POOLED_WIDTH / (1 - POOLED_WIDTH) * drawn_len) if layout.pooled else 0
     axis_len = drawn_len + pooled_w
-    values = sorted(v for vs in per.values() for v in vs) + ([pooled_mean] if layout.pooled else [])
+    values = sorted([v for vs in per.values() for v in vs] + ([pooled_mean] if layout.pooled else []))
     top = values[-1] if values else 0
     p99 = values[int(0.99 * (len(values) - 1))] if values else 0
     clipped = top > 3 * p99 > 0
     ymax = (p99 * 1.25 if clipped else top * 1.1) or 1
     div, unit = _unit(max((length for _, length in layout.drawn), default=1))
-    c = Chart("plot-depth", "Depth along the reference", f"position in each contig ({unit})", "mean depth (x)",
-              (0, axis_len or 1), (0, ymax))
+    plot_w = svg.WIDTH - svg.MARGIN["left"] - svg.MARGIN["right"]
+    # bands too narrow for position ticks: the contigs' names go slanted under the axis instead
+    narrow = sum(1 for _, length in layout.drawn if length / (axis_len or 1) * plot_w < 60) > len(layout.drawn) / 2
+    x_label = "contig (the longest, in reference order)" if narrow else f"position in each contig ({unit})"
+    c = Chart("plot-depth", "Depth along the reference", x_label, "mean depth (x)", (0, axis_len or 1), (0, ymax),
+              height=svg.HEIGHT + (70 if narrow else 0), bottom=svg.MARGIN["bottom"] + (70 if narrow else 0))
     ticks, offset = [], 0
     for i, (name, length) in enumerate(layout.drawn):
-        c.band(offset, offset + length, name, shade=i % 2 == 0)
+        c.band(offset, offset + length, "" if narrow else name, shade=i % 2 == 0)
         width_px = length / (axis_len or 1) * c.pw
-        if width_px >= 60:
+        if narrow and width_px >= 9:
+            c.name_below(offset + length / 2, name if len(name) <= 14 else name[:13] + "…")
+        if width_px >= 60 and not narrow:
             for t in svg.nice_ticks(0, length / div, max(1, int(width_px // 70))):
                 if t * div < length and (t > 0 or i == 0):  # a contig's 0 would sit on the last one's end
                     ticks.append((offset + t * div, svg.fmt(t)))
@@ -130,6 +136,8 @@ def depth_figure(layout: DepthLayout, per: dict[str, list[float]], pooled_mean: 
         label = f"{len(layout.pooled)} other contigs, pooled"
         c.band(offset, offset + pooled_w, label if pooled_w / axis_len * c.pw >= 7 * len(label) else f"{len(layout.pooled)} pooled",
                shade=len(layout.drawn) % 2 == 0)
+        if narrow:
+            c.name_below(offset + pooled_w / 2, f"{len(layout.pooled)} others")
         c.steps([offset, offset + pooled_w], [pooled_mean], "", VERMILLION, fill=True)
     c.x_ticks = ticks
     c.legend_items = [("depth per bin", BLUE, "", "box")]

@@ -63,7 +63,7 @@ class Chart:
 
     def __init__(self, chart_id: str, title: str, x_label: str, y_label: str,
                  x_range: tuple[float, float], y_range: tuple[float, float],
-                 width: int = WIDTH, height: int = HEIGHT, left: int | None = None):
+                 width: int = WIDTH, height: int = HEIGHT, left: int | None = None, bottom: int | None = None):
         self.id, self.title, self.x_label, self.y_label = chart_id, title, x_label, y_label
         self.x0, self.x1 = x_range
         if self.x1 <= self.x0:
@@ -74,13 +74,15 @@ class Chart:
         self.w, self.h = width, height
         self.left = MARGIN["left"] if left is None else left
         self.pw = width - self.left - MARGIN["right"]
-        self.ph = height - MARGIN["top"] - MARGIN["bottom"]
+        self.bottom = MARGIN["bottom"] if bottom is None else bottom
+        self.ph = height - MARGIN["top"] - self.bottom
         self.back: list[str] = []   # under the grid (bands)
         self.layers: list[str] = []  # the data
         self.legend_items: list[tuple[str, str, str, str]] = []  # label, colour, dash, kind
         self.x_ticks: list[tuple[float, str]] | None = None
         self.y_ticks: list[tuple[float, str]] | None = None
         self.notes: list[str] = []
+        self.under: list[str] = []  # extra marks below the x axis (e.g. contig names)
 
     # data -> view box
     def sx(self, x: float) -> float:
@@ -142,6 +144,12 @@ class Chart:
                            f'stroke="{colour}" stroke-width="1"{_dash(dash)}/>')
         self.legend_items.append((label, colour, dash, "line"))
 
+    def name_below(self, x: float, text: str) -> None:
+        """A slanted label under the x axis at data x (for bands too narrow to label inside)."""
+        xx, yy = _n(self.sx(x)), MARGIN["top"] + self.ph + 10
+        self.under.append(f'<text x="{xx}" y="{yy}" transform="rotate(-50 {xx} {yy})" text-anchor="end" '
+                          f'font-size="10" fill="#444">{escape(text)}</text>')
+
     def note(self, text: str) -> None:
         """A message in the middle of the plot area (e.g. nothing to draw)."""
         self.notes.append(text)
@@ -172,6 +180,7 @@ class Chart:
         out += self.layers
         out.append(f'<path class="axes" d="M{self.left},{top}V{bottom}H{right}" fill="none" stroke="{INK}" stroke-width="1"/>')
         out.append(f'<g class="ticks">{"".join(labels)}</g>')
+        out += self.under
         out.append(f'<text class="x-label" x="{_n(self.left + self.pw / 2)}" y="{self.h - 8}" text-anchor="middle">{escape(self.x_label)}</text>')
         cy = _n(top + self.ph / 2)
         out.append(f'<text class="y-label" x="14" y="{cy}" transform="rotate(-90 14 {cy})" text-anchor="middle">{escape(self.y_label)}</text>')
