@@ -9,6 +9,7 @@ token and opens them as blobs)."""
 from __future__ import annotations
 
 import os
+import subprocess
 
 import httpx
 import pytest
@@ -56,7 +57,7 @@ def offline_context(browser, base: str, **options):
     blocked, failed = [], []
 
     def gate(route):
-        if route.request.url.startswith(base + "/") or route.request.url.startswith("blob:"):
+        if route.request.url.startswith(base.rstrip("/") + "/") or route.request.url.startswith("blob:"):
             route.continue_()
         else:
             blocked.append(route.request.url)
@@ -140,3 +141,29 @@ def test_behind_a_token_the_blobs_get_their_scripts(browser, tmp_path):
         context.close()
     finally:
         stop_dev(proc)
+
+
+def test_a_draft_assembly_of_500_contigs_from_a_folder(browser, tmp_path):
+    """report.html opened from the job's folder itself (file://, as after a download) with
+    every other request blocked; the depth plot of 500 contigs names the longest 20 and pools
+    the rest."""
+    lengths = [1_000 + (i * 7919) % 9_000 for i in range(500)]  # 1-10 kb, in no order
+    ds = make_dataset(tmp_path / "sim", seed=41, n_snps=20, depth=8, paired=False, contig_lengths=lengths)
+    out = tmp_path / "out"
+    proc = subprocess.run([str(ROOT / "pipeline.sh"), "--reference", str(ds.reference), "--reads", str(ds.reads[0]),
+                           "--outdir", str(out), "--sample", "draft"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    html = (out / "report.html").read_text()
+    report_check.check_plots(html, report_check.SINGLE_PLOTS)
+    assert "The other 480 contigs" in html
+
+    context, blocked, failed = offline_context(browser, "file://", viewport={"width": 900, "height": 860})
+    page = context.new_page()
+    page.goto((out / "report.html").as_uri())
+    depth = page.locator("#fig-depth")
+    expect(depth.locator("text", has_text="480 others")).to_have_count(1)
+    section_shot(depth, "9-report-depth-500-contigs")
+    page.goto((out / "fastp.html").as_uri())
+    page.wait_for_function(PLOTLY_DRAWN, timeout=20_000)
+    assert blocked == [] and failed == [], f"blocked {blocked}, failed {failed}"
+    context.close()
