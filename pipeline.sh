@@ -361,6 +361,7 @@ t_plots = time.monotonic()
 fai = [line.split("\t")[:2] for line in open(env["P_FAI"])]
 figures = plots.build(sample=sample, fastp=fp, stats_path=f"{sample}.stats.txt", bam=f"{sample}.bam",
                       contigs=[(name, int(length)) for name, length in fai], work=work, mean_depth=mean_depth,
+                      mean_depths={c["name"]: c["mean_depth"] for c in contigs},
                       covered_bases=sum(c["covered_bases"] for c in contigs), paired=paired, variants=variants)
 plots.write_json(figures, "plots.json")
 plots_html = plots.section_html(figures)

@@ -69,6 +69,7 @@ def plot_step(outdir: Path, ref: Path, scratch: Path) -> tuple[float, float, int
                        bam=str(outdir / f"{sample}.bam"),
                        contigs=[(n, int(n_)) for n, n_ in (line.split("\t")[:2] for line in fai.read_text().splitlines())],
                        work=str(scratch), mean_depth=report["mean_depth"],
+                       mean_depths={c["name"]: c["mean_depth"] for c in report["contigs"]},
                        covered_bases=sum(c["covered_bases"] for c in report["contigs"]), paired=report["paired"],
                        variants=variants)
     html = plots.section_html(figs)

@@ -35,21 +35,20 @@ def test_many_contigs_the_longest_drawn_in_reference_order_the_rest_pooled():
     assert plots.DEPTH_BINS - plots.DRAWN_CONTIGS <= bins <= plots.DEPTH_BINS + plots.DRAWN_CONTIGS
 
 
-def run_binner(lines: list[str], layout, tmp_path) -> list[str]:
-    names = tmp_path / "drawn.txt"
-    names.write_text("".join(f"{n}\n" for n, _ in layout.drawn))
-    out = subprocess.run(["awk", "-F", "\t", "-v", f"size={layout.bin_size}", plots.BIN_AWK, str(names), "-"],
+def run_binner(lines: list[str], layout) -> list[str]:
+    out = subprocess.run(["awk", "-F", "\t", "-v", f"size={layout.bin_size}", plots.BIN_AWK],
                          input="".join(lines), capture_output=True, text=True, check=True)
     return out.stdout.splitlines(keepends=True)
 
 
-def test_the_binner_sums_per_bin_and_pools_the_rest(tmp_path):
-    layout = plots.DepthLayout(drawn=[("a", 10), ("b", 5)], pooled=[("c", 4)], bin_size=4)
-    # samtools depth lists covered positions only: a:1-6 at 2x, a:9 at 8x, b:5 at 3x, c:1-2 at 5x
-    depth = [f"a\t{p}\t2\n" for p in range(1, 7)] + ["a\t9\t8\n", "b\t5\t3\n", "c\t1\t5\n", "c\t2\t5\n"]
-    per, pooled = plots.read_bins(run_binner(depth, layout, tmp_path), layout)
-    assert per == {"a": [2.0, 1.0, 4.0], "b": [0.0, 3.0]}  # a's last bin is 2 bp long; b's first has no line
-    assert pooled == 10 / 4
+def test_the_binner_sums_per_bin_and_the_rest_comes_from_coverage():
+    layout = plots.DepthLayout(drawn=[("a", 10), ("b", 5)], pooled=[("c", 4), ("d", 12)], bin_size=4)
+    # samtools depth -aa: every position of the drawn contigs, zeros too
+    depth_a = [2] * 6 + [0, 0, 8, 0]
+    depth = [f"a\t{i + 1}\t{d}\n" for i, d in enumerate(depth_a)] + [f"b\t{i + 1}\t{d}\n" for i, d in enumerate([0] * 4 + [3])]
+    per = plots.read_bins(run_binner(depth, layout), layout)
+    assert per == {"a": [2.0, 1.0, 4.0], "b": [0.0, 3.0]}  # a's last bin is 2 bp long
+    assert plots.pooled_depth(layout, {"c": 5.0, "d": 1.0, "a": 99.0}) == (5 * 4 + 1 * 12) / 16
 
 
 def test_depth_plot_of_500_contigs_stays_readable():
