@@ -9,8 +9,9 @@ PY = $(VENV)/bin/python
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-deps: ## install redis-server and the pipeline's tools (Debian packages)
+deps: ## install redis-server and the pipeline's tools (Debian packages), and plotly for fastp.html
 	@scripts/deps.sh
+	@scripts/plotly.sh >/dev/null || echo "pipeq: no local plotly (scripts/plotly.sh failed): fastp.html will load it from the internet" >&2
 
 browser-deps: ## install Debian's chromium for the browser tests
 	@scripts/browser-deps.sh

@@ -17,6 +17,10 @@ umask 022
 export LC_ALL=C
 
 readonly PROG=pipeline.sh
+# the report's helpers (pipeline_report/) and the pinned plotly for fastp.html live beside
+# this script: in a checkout (scripts/plotly.sh puts plotly in build/vendor/) and in the
+# worker image (/opt/pipeq)
+HERE=$(cd -- "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")" && pwd -P)
 readonly EX_USAGE=2 EX_TOOL=3 EX_INPUT=4 EX_STAGE=5
 
 usage() {
@@ -27,7 +31,8 @@ usage: pipeline.sh --reference REF.fa[.gz] --reads R1.fq[.gz] [--reads R2.fq[.gz
 
 Variant calling on short reads: fastp -> minimap2 -ax sr -> samtools -> bcftools.
 Outputs in DIR: <sample>.bam(.bai), <sample>.vcf.gz(.tbi), fastp.json, fastp.html,
-report.json, report.html (and <sample>.flagstat.txt, <sample>.stats.txt, <sample>.coverage.tsv).
+report.json, report.html with plots (and plots.json, plotly.min.js, multiqc_config.yaml,
+<sample>.flagstat.txt, .stats.txt, .coverage.tsv, .idxstats.tsv, .bcftools_stats.txt).
 Progress on stdout: "PROGRESS <pct> <stage> [text]". Exit codes: 0 ok, 2 usage,
 3 missing tool, 4 bad input, 5 a stage failed. --check-only checks the tools and the
 inputs, then exits (0 when they are fine), running and writing nothing.
@@ -118,6 +123,12 @@ for tool in fastp minimap2 samtools bcftools python3 gzip awk; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 [ ${#missing[@]} -eq 0 ] || die "$EX_TOOL" "missing tool(s): ${missing[*]} (not on PATH; scripts/deps.sh installs the pipeline's tools)"
+[ -f "$HERE/pipeline_report/plots.py" ] \
+  || die "$EX_TOOL" "missing $HERE/pipeline_report/ (the report's plots): it ships beside pipeline.sh"
+PLOTLY=""
+for candidate in "$HERE/vendor/plotly.min.js" "$HERE/build/vendor/plotly.min.js"; do
+  [ -f "$candidate" ] && { PLOTLY=$candidate; break; }
+done
 
 # ---- inputs ------------------------------------------------------------------------------
 is_gzip() { [ "$(head -c2 -- "$1" | od -An -tx1 | tr -d ' \n')" = 1f8b ]; }
@@ -243,6 +254,19 @@ else
   fastp -i "${READS[0]}" -o "${TRIMMED[0]}" \
     --dont_eval_duplication -z 1 -w "$FASTP_THREADS" -j fastp.json -h fastp.html -R "$SAMPLE fastp report" >&2
 fi
+# fastp.html loads plotly from the internet; point it at the pinned copy beside it instead
+FASTP_OFFLINE=0
+if [ -n "$PLOTLY" ]; then
+  cp -- "$PLOTLY" plotly.min.js
+  if PYTHONPATH=$HERE python3 -c 'import sys; from pipeline_report import fastp_html; sys.exit(0 if fastp_html.make_offline("fastp.html") else 1)'; then
+    FASTP_OFFLINE=1
+  else
+    rm -f plotly.min.js
+    log "fastp.html: its plotly script tag was not found; left loading plotly from the internet"
+  fi
+else
+  log "fastp.html loads plotly from the internet: no local copy (scripts/plotly.sh makes one)"
+fi
 
 # ---- alignment ---------------------------------------------------------------------------
 progress 20 align "minimap2 -ax sr | samtools sort"
@@ -256,6 +280,7 @@ samtools index -@ "$THREADS" "$SAMPLE.bam" >&2
 samtools flagstat -@ "$THREADS" "$SAMPLE.bam" >"$SAMPLE.flagstat.txt"
 samtools stats -@ "$THREADS" "$SAMPLE.bam" >"$SAMPLE.stats.txt"
 samtools coverage "$SAMPLE.bam" >"$SAMPLE.coverage.tsv"
+samtools idxstats "$SAMPLE.bam" >"$SAMPLE.idxstats.tsv"  # for MultiQC
 
 # ---- variant calling ---------------------------------------------------------------------
 progress 60 call "bcftools mpileup | bcftools call -mv"
@@ -264,6 +289,8 @@ bcftools mpileup --threads "$THREADS" -f "$REF" -a FORMAT/AD,FORMAT/DP -Ou "$SAM
 if ! bcftools index -t -f "$SAMPLE.vcf.gz" >&2 2>/dev/null; then
   bcftools index -c -f "$SAMPLE.vcf.gz" >&2 # contigs > 512 Mbp need CSI
 fi
+# for MultiQC (and people): with the reference, so indel context and ts/tv are counted
+bcftools stats -F "$REF" -s - "$SAMPLE.vcf.gz" >"$SAMPLE.bcftools_stats.txt"
 bcftools query -f '%CHROM\t%POS\t%REF\t%ALT\t%QUAL\t%TYPE\t[%GT]\t[%DP]\n' "$SAMPLE.vcf.gz" >"$WORK/variants.tsv"
 
 # ---- report ------------------------------------------------------------------------------
@@ -276,10 +303,11 @@ VERSIONS=$(
 )
 DURATIONS=$(for i in "${!STAGE_NAMES[@]}"; do printf '%s\t%s\n' "${STAGE_NAMES[$i]}" "${STAGE_SECONDS[$i]}"; done)
 export P_SAMPLE=$SAMPLE P_PAIRED=$PAIRED P_THREADS=$THREADS P_VERSIONS=$VERSIONS P_DURATIONS=$DURATIONS \
-  P_REFERENCE=$REFERENCE P_READS=$(printf '%s\n' "${READS[@]}") P_WORK=$WORK \
-  P_ELAPSED_MS=$(( $(now_ms) - T_START ))
-python3 - <<'PY'
-import html, json, os
+  P_REFERENCE=$REFERENCE P_READS=$(printf '%s\n' "${READS[@]}") P_WORK=$WORK P_FAI=$REF.fai \
+  P_FASTP_OFFLINE=$FASTP_OFFLINE P_ELAPSED_MS=$(( $(now_ms) - T_START ))
+PYTHONPATH=$HERE python3 - <<'PY'
+import html, json, os, time
+from pipeline_report import plots
 
 env = os.environ
 sample = env["P_SAMPLE"]
@@ -328,6 +356,18 @@ paired = env["P_PAIRED"] == "1"
 vcf = f"{sample}.vcf.gz"
 vcf_index = vcf + (".tbi" if os.path.exists(vcf + ".tbi") else ".csi")
 
+# the plots (pipeline_report/plots.py): timed on their own, the figure docs/pipeline.md gives
+t_plots = time.monotonic()
+fai = [line.split("\t")[:2] for line in open(env["P_FAI"])]
+figures = plots.build(sample=sample, fastp=fp, stats_path=f"{sample}.stats.txt", bam=f"{sample}.bam",
+                      contigs=[(name, int(length)) for name, length in fai], work=work, mean_depth=mean_depth,
+                      mean_depths={c["name"]: c["mean_depth"] for c in contigs},
+                      covered_bases=sum(c["covered_bases"] for c in contigs), paired=paired, variants=variants)
+plots.write_json(figures, "plots.json")
+plots_html = plots.section_html(figures)
+plots_seconds = round(time.monotonic() - t_plots, 3)
+fastp_offline = env["P_FASTP_OFFLINE"] == "1"
+
 warnings = []
 if after["total_reads"] == 0:
     warnings.append("no reads passed QC")
@@ -359,10 +399,15 @@ report = {
     "tools": versions,
     "durations_seconds": durations,
     "elapsed_seconds": round(int(env["P_ELAPSED_MS"]) / 1000.0, 3),
+    "plots_seconds": plots_seconds,
+    "plots": [f.id for f in figures],
+    "fastp_html_offline": fastp_offline,
     "warnings": warnings,
     "files": {"bam": f"{sample}.bam", "bai": f"{sample}.bam.bai", "vcf": vcf, "vcf_index": vcf_index,
               "fastp_json": "fastp.json", "fastp_html": "fastp.html",
-              "report_json": "report.json", "report_html": "report.html"},
+              "report_json": "report.json", "report_html": "report.html", "plots_json": "plots.json",
+              "idxstats": f"{sample}.idxstats.tsv", "bcftools_stats": f"{sample}.bcftools_stats.txt",
+              "multiqc_config": "multiqc_config.yaml", **({"plotly": "plotly.min.js"} if fastp_offline else {})},
 }
 tmp = "report.json.tmp"
 with open(tmp, "w") as fh:
@@ -401,11 +446,18 @@ table {{ border-collapse: collapse; margin: .5em 0; }}
 td, th {{ padding: .2em .8em; border-bottom: 1px solid #eee; text-align: left; }}
 th {{ background: #f4f4f4; }} td:not(:first-child) {{ font-variant-numeric: tabular-nums; }}
 .muted {{ color: #777; }} .warn {{ background: #fff4d6; border-left: 4px solid #e0a800; padding: .4em .8em; }}
+figure {{ margin: 1.2em 0; overflow-x: auto; }} figure svg {{ display: block; width: 100%; max-width: 720px; min-width: 30em; height: auto; }}
+figcaption {{ color: #555; font-size: .92em; max-width: 50em; margin-top: .3em; }}
+@media print {{ body {{ max-width: none; margin: 0; }} figure {{ break-inside: avoid; }} figure svg {{ min-width: 0; }} h2 {{ break-after: avoid; }} }}
 </style></head><body>
 <h1>Variant calling report: {e(sample)}</h1>
 {"".join(f'<p class="warn">Warning: {e(w)}</p>' for w in warnings)}
 <h2>Summary</h2>
 {table(summary_rows)}
+<h2>Plots</h2>
+<section id="plots">
+{plots_html}
+</section>
 <h2>Coverage by contig</h2>
 {table([(c["name"], f'{c["length"]:,}', f'{c["reads"]:,}', f'{c["mean_depth"]:.2f}',
           f'{100.0 * c["covered_bases"] / c["length"]:.2f} %' if c["length"] else "n/a") for c in contigs],
@@ -416,7 +468,8 @@ th {{ background: #f4f4f4; }} td:not(:first-child) {{ font-variant-numeric: tabu
        ["chrom", "pos", "ref", "alt", "qual", "type", "genotype", "depth"])}
 <h2>Files</h2>
 {table([(k, v) for k, v in report["files"].items()])}
-<p class="muted">Read QC details: fastp.html in the same folder.</p>
+<p class="muted">Read QC details: fastp.html in the same folder{" (its charts use plotly.min.js beside it: they work offline)" if fastp_offline else " (its charts load plotly from the internet: pipeline.sh had no local copy; scripts/plotly.sh makes one)"}.
+MultiQC reads this folder: multiqc -c multiqc_config.yaml . (docs/pipeline.md).</p>
 <h2>Run</h2>
 {table([(k, f"{v:.2f} s") for k, v in durations.items()] + [("total", f"{report['elapsed_seconds']:.2f} s")], ["stage", "duration"])}
 {table(sorted(versions.items()), ["tool", "version"])}
@@ -426,6 +479,17 @@ with open("report.html.tmp", "w") as fh:
     fh.write(doc)
 os.replace("report.html.tmp", "report.html")
 PY
+# MultiQC: one row per sample. Its modules name a sample after a file (sim.stats.txt ->
+# sim.stats) or after fastp's report title ("sim fastp report"); these patterns cut both back
+# to the sample name. The same in every job, so any job's copy serves a run over many.
+cat >multiqc_config.yaml <<'YAML'
+# MultiQC settings for pipeq job folders (written by pipeline.sh, the same in every job).
+#   multiqc -c multiqc_config.yaml .        or, over many jobs (docs/pipeline.md):
+#   multiqc -c jobs/<any>/multiqc_config.yaml jobs/*/
+extra_fn_clean_exts:
+  - {type: regex, pattern: ' fastp report$'}
+  - {type: regex, pattern: '\.(stats|idxstats|coverage|flagstat|bcftools_stats)(\.(txt|tsv))?$'}
+YAML
 
 rm -rf -- "$WORK"
 STAGE=done

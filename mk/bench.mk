@@ -1,6 +1,6 @@
 # Benchmarks (issue 8): pipeq against the plain FastAPI + RQ app in bench/baseline/, in one run.
 # Tables on stdout and in bench/results/tables.md, figures in bench/results/*.png; see docs/benchmarks.md.
-.PHONY: bench bench-deps bench-quick bench-profile bench-s3 bench-scale bench-keda
+.PHONY: bench bench-deps bench-quick bench-profile bench-s3 bench-scale bench-keda bench-report
 
 bench-deps:
 	@PIPEQ_EXTRA_DEBS=wrk scripts/deps.sh
@@ -23,3 +23,7 @@ bench-scale: deps venv tools ## the operator's reaction to bursts and its idle c
 
 bench-keda: deps venv tools ## KEDA 2.21 (tools/keda, built once: ~30 min) and pipeq on one kind cluster: bursts (first replica, full scale), interrupted jobs on a scale-down (~20 min; outside make test)
 	$(PY) -m bench.keda $(BENCH_KEDA_ARGS)
+
+bench-report: deps venv ## what the report's plots cost: lambda (bowtie2-examples) and a simulated 2 M-read run (~6 min; docs/pipeline.md)
+	@PIPEQ_EXTRA_DEBS=bowtie2-examples scripts/deps.sh
+	$(PY) -m bench.report_plots $(BENCH_REPORT_ARGS)

@@ -33,6 +33,8 @@ if [ ! -f "$wheels/.complete" ]; then
     touch "$wheels/.complete"
   fi
 fi
+# the worker image ships the pinned plotly for fastp.html (build/vendor/)
+scripts/plotly.sh >/dev/null
 find build/wheels -name '*.whl' -delete 2>/dev/null || true
 mkdir -p build/wheels
 cp "$wheels"/*.whl build/wheels/

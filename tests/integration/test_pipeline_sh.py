@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import report_check
 from tests.support.simdata import (
     make_dataset,
     write_mismatched_fastq,
@@ -107,7 +108,8 @@ def check_success(proc, ds, outdir: Path, sample: str):
 
     files = [
         f"{sample}.bam", f"{sample}.bam.bai", f"{sample}.vcf.gz", f"{sample}.vcf.gz.tbi",
-        "fastp.json", "fastp.html", "report.json", "report.html",
+        "fastp.json", "fastp.html", "report.json", "report.html", "plots.json", "multiqc_config.yaml",
+        f"{sample}.idxstats.tsv", f"{sample}.bcftools_stats.txt",
     ]
     for name in files:
         assert (outdir / name).is_file() and (outdir / name).stat().st_size > 0, name
@@ -133,7 +135,26 @@ def check_success(proc, ds, outdir: Path, sample: str):
     assert html.lstrip().lower().startswith("<!doctype html>")
     assert sample in html and "Mean depth" in html
     assert "<script src" not in html and "<link" not in html  # self-contained
+    check_plots_and_multiqc_files(outdir, sample, ds, report, html)
     return report, prog
+
+
+def check_plots_and_multiqc_files(outdir: Path, sample: str, ds, report: dict, html: str) -> None:
+    expected = report_check.PAIRED_PLOTS if ds.paired else report_check.SINGLE_PLOTS
+    # each plot drawn, both axes labelled, no src/href leaving the report
+    report_check.check_plots(html, expected)
+    assert report["plots"] == expected
+    # the page's plots.json holds the same SVG as the report
+    page = json.loads((outdir / "plots.json").read_text())["plots"]
+    assert [p["id"] for p in page] == expected
+    assert all(p["svg"] in html and p["title"] and p["caption"] for p in page)
+    assert 0 < report["plots_seconds"] < report["elapsed_seconds"] + 5
+    # MultiQC's inputs: bcftools stats with the reference, idxstats naming every contig
+    stats = (outdir / f"{sample}.bcftools_stats.txt").read_text()
+    assert "This file was produced by bcftools stats" in stats and " -F " in stats
+    assert re.search(rf"^SN\t0\tnumber of SNPs:\t{report['snps']}$", stats, re.M), "SNP count differs from the report"
+    idx = {line.split("\t")[0] for line in (outdir / f"{sample}.idxstats.tsv").read_text().splitlines()}
+    assert {c["name"] for c in report["contigs"]} <= idx
 
 
 def test_paired_end_run(paired, tmp_path):
@@ -378,3 +399,52 @@ def live_group_members(pgid: int) -> list[str]:
         if int(pgrp) == pgid and state != "Z":
             out.append(text[: comm_end + 1])
     return out
+
+
+# ---- fastp.html offline, and what pipeline.sh needs beside it ------------------------------
+
+PLOTLY = ROOT / "build" / "vendor" / "plotly.min.js"
+
+
+@pytest.mark.skipif(not PLOTLY.is_file(), reason="no pinned plotly in build/vendor (scripts/plotly.sh; make deps runs it)")
+def test_fastp_html_loads_plotly_from_beside_it(paired, tmp_path):
+    outdir = tmp_path / "out"
+    proc = run("--reference", paired.reference, "--reads", paired.reads[0], "--reads", paired.reads[1], "--outdir", outdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    page = (outdir / "fastp.html").read_text()
+    scripts = re.findall(r"<script[^>]*\bsrc=['\"]([^'\"]+)", page)
+    assert scripts == ["plotly.min.js"], scripts
+    assert "document.write" not in page
+    assert (outdir / "plotly.min.js").read_bytes() == PLOTLY.read_bytes()
+    report = json.loads((outdir / "report.json").read_text())
+    assert report["fastp_html_offline"] is True and report["files"]["plotly"] == "plotly.min.js"
+
+
+def copy_pipeline(to: Path, with_report: bool = True) -> Path:
+    """pipeline.sh elsewhere, as a pool that mounts its own copy would have it (no build/vendor)."""
+    to.mkdir()
+    shutil.copy2(PIPELINE, to / "pipeline.sh")
+    if with_report:
+        shutil.copytree(ROOT / "pipeline_report", to / "pipeline_report", ignore=shutil.ignore_patterns("__pycache__"))
+    return to / "pipeline.sh"
+
+
+def test_without_plotly_fastp_html_is_left_as_fastp_made_it(paired, tmp_path):
+    script = copy_pipeline(tmp_path / "bin")
+    outdir = tmp_path / "out"
+    proc = subprocess.run([str(script), "--reference", str(paired.reference), "--reads", str(paired.reads[0]),
+                           "--outdir", str(outdir)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no local copy (scripts/plotly.sh makes one)" in proc.stderr
+    assert not (outdir / "plotly.min.js").exists()
+    assert json.loads((outdir / "report.json").read_text())["fastp_html_offline"] is False
+    assert "load plotly from the internet" in (outdir / "report.html").read_text()
+    report_check.check_plots((outdir / "report.html").read_text(), report_check.SINGLE_PLOTS)
+
+
+def test_missing_report_helpers_is_a_missing_tool(paired, tmp_path):
+    script = copy_pipeline(tmp_path / "bin", with_report=False)
+    proc = subprocess.run([str(script), "--reference", str(paired.reference), "--reads", str(paired.reads[0]),
+                           "--outdir", str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
+    assert_fails(proc, 3, "pipeline_report/", "beside pipeline.sh")
+    assert not (tmp_path / "out").exists()

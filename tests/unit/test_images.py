@@ -63,6 +63,10 @@ def test_worker_image_has_pipeline_and_tools_where_settings_look():
     stage = " ".join(final_stage(IMAGES["worker"]))
     assert "COPY pipeline.sh /opt/pipeq/pipeline.sh" in stage
     assert "PIPEQ_PIPELINE=/opt/pipeq/pipeline.sh" in stage
+    # pipeline.sh refuses to run without its report's helpers beside it; plotly is where it looks
+    assert "COPY pipeline_report /opt/pipeq/pipeline_report" in stage
+    assert "COPY build/vendor/ /opt/pipeq/vendor/" in stage
+    assert '"$HERE/vendor/plotly.min.js"' in (ROOT / "pipeline.sh").read_text()
     for tool in ("fastp", "minimap2", "samtools", "bcftools", "tabix"):
         assert re.search(rf"\b{tool}=\S+", stage), f"{tool} is not installed at a pinned version"
     deps = (ROOT / "scripts" / "deps.sh").read_text()
@@ -81,3 +85,9 @@ def test_package_builds_with_console_script_and_web_page(tmp_path):
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "pipeq = pipeq.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
     assert "pipeq/worker/guard.py" in names
+
+
+def test_multiqc_stays_out_of_the_product():
+    """MultiQC is a test and user tool (scripts/multiqc-venv.sh), never a product dependency."""
+    for f in ("requirements.txt", "Dockerfile", "worker_image/Dockerfile", "pyproject.toml"):
+        assert "multiqc" not in (ROOT / f).read_text().lower(), f

@@ -95,7 +95,8 @@ def job_file(job_id: str, name: str, conn: redis.Redis = Depends(get_redis), sto
         found, size = store.output(job_id, name)
     except (NotFound, ValueError):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no result file {name!r} for job {job_id}") from None
-    media = "text/html" if name.endswith(".html") else ("application/json" if name.endswith(".json") else "application/octet-stream")
+    # .js: fastp.html loads plotly.min.js from beside it (pipeline.sh), as a script
+    media = {"html": "text/html", "json": "application/json", "js": "text/javascript"}.get(name.rsplit(".", 1)[1] if "." in name else "", "application/octet-stream")
     filename = name if media == "application/octet-stream" else None
     if isinstance(found, Path):
         return FileResponse(found, media_type=media, filename=filename)

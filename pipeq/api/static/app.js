@@ -284,6 +284,7 @@ function openJob(id) {
   for (const el of ["job-error", "job-result", "job-running", "job-position", "job-log", "job-cancel"]) show($(el), false);
   setText($("job-status"), "…");
   $("job-files").replaceChildren();
+  $("job-plots").replaceChildren();
   let last = null, elapsedTimer = null;
   const tickElapsed = () => {
     if (last && !last.started_at && last.enqueued_at && !FINAL.has(last.status)) {
@@ -360,6 +361,7 @@ function renderResult(id, result) {
     return div;
   }));
   const link = (name) => `/jobs/${id}/files/${encodeURIComponent(name)}`;
+  if (result.files.includes("plots.json")) showPlots(link("plots.json"));
   const report = $("job-report");
   show(report.parentElement, result.files.includes("report.html"));
   report.href = link("report.html");
@@ -376,6 +378,43 @@ function renderResult(id, result) {
   }));
 }
 
+// The report's plots (plots.json, written by pipeline.sh) under the summary. Each SVG is shown
+// as an image from a blob: an <img> never runs script, whatever the file holds.
+async function showPlots(href) {
+  const box = $("job-plots");
+  let plots = [];
+  try {
+    const res = await api(href);
+    if (res.ok) plots = (await res.json()).plots || [];
+  } catch (err) { /* no plots: the summary and files still show */ }
+  box.replaceChildren(...plots.filter((p) => typeof p.svg === "string").map((p) => {
+    const fig = document.createElement("figure");
+    fig.id = `job-${p.id}`;
+    const img = document.createElement("img");
+    img.src = URL.createObjectURL(new Blob([p.svg], { type: "image/svg+xml" }));
+    img.alt = p.title || "plot";
+    img.onload = () => URL.revokeObjectURL(img.src);
+    const cap = document.createElement("figcaption");
+    cap.textContent = p.caption || "";
+    fig.append(img, cap);
+    return fig;
+  }));
+}
+
+// A report opened from a blob has no folder around it: the scripts it loads from beside it
+// (fastp.html's plotly.min.js) are fetched with the token too and handed to it as blobs.
+async function withLocalScripts(html, base) {
+  const names = new Set([...html.matchAll(/<script src="([\w.-]+\.js)"/g)].map((m) => m[1]));
+  for (const name of names) {
+    const res = await api(`${base}/${encodeURIComponent(name)}`);
+    if (!res.ok) continue;
+    const url = URL.createObjectURL(new Blob([await res.blob()], { type: "text/javascript" }));
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    html = html.split(`<script src="${name}"`).join(`<script src="${url}"`);
+  }
+  return html;
+}
+
 // A plain link sends no Authorization header: with a token, fetch the file with it and hand
 // the browser a blob (a download, or the report in a new tab). Without one, the link as is.
 async function withToken(e) {
@@ -385,8 +424,10 @@ async function withToken(e) {
   const tab = a.hasAttribute("download") ? null : window.open("", "_blank");  // opened now, while the click counts
   const res = await api(a.getAttribute("href"));
   if (!res.ok) { if (tab) tab.close(); setText($("job-files-error"), `Could not fetch ${a.textContent} (HTTP ${res.status}).`); return; }
-  const blob = await res.blob();
-  const url = URL.createObjectURL(a.hasAttribute("download") ? blob : new Blob([blob], { type: "text/html" }));
+  const href = a.getAttribute("href");
+  const blob = a.hasAttribute("download") ? await res.blob()
+    : new Blob([await withLocalScripts(await res.text(), href.slice(0, href.lastIndexOf("/")))], { type: "text/html" });
+  const url = URL.createObjectURL(blob);
   if (tab) { tab.location = url; } else {
     const tmp = document.createElement("a");
     tmp.href = url;
