@@ -31,7 +31,7 @@ from pipeq.lifeline import die_with_parent
 from pipeq.redis_server import RedisServer
 from pipeq.settings import get_settings
 from pipeq.signals import Signals
-from pipeq.worker.forkserver import ForkedWorker, ForkServer
+from pipeq.dev_forkserver import ForkedWorker, ForkServer
 
 log = logging.getLogger("pipeq.dev")
 SHUTDOWN_GRACE = 10.0

@@ -52,7 +52,7 @@ def _up(base):
 def _workers(tmp_path) -> int:
     """Worker processes: forked by the warm fork server (same command line as the server,
     so: that command line, minus the server), or started afresh (``pipeq worker``)."""
-    forked = pipelines.processes_matching("pipeq.worker.forkserver", env=str(tmp_path))
+    forked = pipelines.processes_matching("pipeq.dev_forkserver", env=str(tmp_path))
     fresh = pipelines.processes_matching("pipeq worker", env=str(tmp_path))
     return max(0, len(forked) - 1) + len(fresh)
 

@@ -1,4 +1,5 @@
-"""A warm parent for local workers: imports the worker once, then forks one per request.
+"""A warm parent for ``pipeq dev``'s local workers (its only user): imports the worker once,
+then forks one per request.
 
 ``pipeq dev`` scales its local pool from zero when a burst arrives. A fresh ``python -m
 pipeq worker`` spends about 0.6 s of CPU importing RQ, redis-py and pydantic before it takes
@@ -16,6 +17,13 @@ SIGTERM is the one exception: ``pipeq dev`` is gone (the kernel sends it when it
 
 Nothing here opens a Redis connection or starts a thread before forking: each worker makes
 its own after the fork.
+
+Why not the standard library's ``multiprocessing`` forkserver with
+``set_forkserver_preload``: a worker from it is ready in 22-58 ms against 2-12 ms here
+(docs/benchmarks.md, issue 21), which changes no fleet's makespan, but it ignores a preload
+that fails to import (every worker then pays the imports itself, ~1.8 s here, without a
+word), and ``pipeq dev`` would still need what this module does beside it: workers that lead
+their own session, and their exits reported to a supervisor that did not fork them.
 """
 
 from __future__ import annotations
@@ -152,7 +160,7 @@ class ForkServer:
     def start(self) -> "ForkServer":
         r, w = os.pipe()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeq.worker.forkserver", str(w)],
+            [sys.executable, "-m", "pipeq.dev_forkserver", str(w)],
             env=self.env, stdin=subprocess.PIPE, pass_fds=[w], start_new_session=True, text=True,
             preexec_fn=die_with_parent(),
         )
