@@ -10,7 +10,7 @@ images: ## build the images (pipeq, pipeq-worker, pipeq-redis) with Docker, offl
 kind-up: venv tools ## a kind cluster with pipeq's images and chart; prints the API's URL and the kubeconfig
 	@$(PY) -m tests.support.kind up --dir .kind
 
-kind-down: venv ## delete the kind-up cluster
+kind-down: venv ## delete the kind-up cluster, and stop the dockerd that kind-up started (if it did)
 	@$(PY) -m tests.support.kind down --dir .kind
 
 e2e-kind: venv tools ## the kind suite alone (tests/kind): its own cluster, deleted at the end

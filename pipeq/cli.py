@@ -103,9 +103,17 @@ def main(argv: list[str] | None = None) -> int:
             host="PIPEQ_HOST", port="PIPEQ_PORT", data_dir="PIPEQ_DATA_DIR", redis_url="PIPEQ_REDIS_URL",
             min_workers="PIPEQ_MIN_WORKERS", max_workers="PIPEQ_MAX_WORKERS", scale_down_delay="PIPEQ_SCALE_DOWN_DELAY",
         )
+        import logging
+
         from pipeq.dev import run_dev
 
-        return run_dev(embedded_redis=args.redis_url is None and "PIPEQ_REDIS_URL" not in os.environ)
+        code = run_dev(embedded_redis=args.redis_url is None and "PIPEQ_REDIS_URL" not in os.environ)
+        # all it started has stopped: skip the interpreter's teardown of its imports (half a
+        # second of a Ctrl-C's wait)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return 2
 
 

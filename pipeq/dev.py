@@ -3,8 +3,13 @@
 It owns an embedded redis-server (data in ``<data_dir>/redis``), the API process and a pool
 of local worker processes that it scales with the same policy as the operator
 (``pipeq.scaling``). Scale-down asks idle workers only to stop (SIGTERM, a warm shutdown).
-Ctrl-C stops everything: the API, the workers (a job still running after the grace period
-is killed and requeued at the next start: its lease expires), then Redis.
+Ctrl-C stops everything, in order: the workers first (an idle one at once; a running job's
+attempt is ended, its pipeline killed, and the job given back to the queue, one retry
+spent as for a lost worker, so that the next start runs it again), then the API, Redis last,
+while the workers still need it. A terminal sends Ctrl-C's SIGINT to its whole foreground
+group, so every child runs in a session of its own, where only ``pipeq dev`` reaches it, and
+is tied to ``pipeq dev``'s life (``pipeq.lifeline``): nothing outlives a ``pipeq dev`` that
+is killed outright.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from dataclasses import dataclass
 import redis
 
 from pipeq import queue, scaling
+from pipeq.lifeline import die_with_parent
 from pipeq.redis_server import RedisServer
 from pipeq.settings import get_settings
 from pipeq.signals import Signals
-from pipeq.worker.forkserver import ForkedWorker, ForkServer
+from pipeq.dev_forkserver import ForkedWorker, ForkServer
 
 log = logging.getLogger("pipeq.dev")
 SHUTDOWN_GRACE = 10.0
@@ -70,7 +76,8 @@ class Supervisor:
         except (OSError, RuntimeError) as e:
             log.warning("fork server unavailable (%s): starting worker %s as a new process", e, name)
             env = dict(self.env, PIPEQ_WORKER_NAME=name)
-            proc = subprocess.Popen([sys.executable, "-m", "pipeq", "worker"], env=env, start_new_session=True)
+            proc = subprocess.Popen([sys.executable, "-m", "pipeq", "worker"], env=env, start_new_session=True,
+                                    preexec_fn=die_with_parent(signal.SIGKILL))  # its guard ends its pipeline
         self.workers[name] = LocalWorker(name, proc)
 
     def step(self, now: float | None = None) -> scaling.Decision | None:
@@ -120,9 +127,12 @@ class Supervisor:
         return decision
 
     def stop_all(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop every worker now: SIGINT, which a pipeq worker takes for a stop at once (an
+        idle one exits; a running attempt ends, its pipeline killed, and its job goes back
+        to the queue while Redis is still up); SIGKILL for any left after ``grace``."""
         for w in self.workers.values():
             if w.proc.poll() is None:
-                w.proc.send_signal(signal.SIGTERM)
+                w.proc.send_signal(signal.SIGINT)
         deadline = time.monotonic() + grace
         for w in self.workers.values():
             try:
@@ -144,7 +154,7 @@ def run_dev(embedded_redis: bool = True) -> int:
     server = None
     env = dict(os.environ, PIPEQ_DATA_DIR=str(data_dir))
     if embedded_redis:
-        server = RedisServer(data_dir / "redis").start()
+        server = RedisServer(data_dir / "redis", own_session=True).start()
         env["PIPEQ_REDIS_URL"] = server.url
     os.environ.update(env)
     get_settings.cache_clear()
@@ -153,12 +163,13 @@ def run_dev(embedded_redis: bool = True) -> int:
     stop = {"now": False}
 
     def on_signal(signum, frame):
+        # not wake.set(): an Event's lock may be held by the very code this handler interrupts
         stop["now"] = True
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    api = subprocess.Popen([sys.executable, "-m", "pipeq", "api"], env=env, start_new_session=True)
+    api = subprocess.Popen([sys.executable, "-m", "pipeq", "api"], env=env, start_new_session=True, preexec_fn=die_with_parent())
     sup = Supervisor(settings, env)
     sup.warm_up()
     print(
@@ -167,7 +178,7 @@ def run_dev(embedded_redis: bool = True) -> int:
         "Ctrl-C stops everything",
         flush=True,
     )
-    # an enqueue wakes the loop at once; the poll is the fallback
+    # an enqueue wakes the loop at once; the poll is the fallback (and notices a stop)
     wake, signals = threading.Event(), Signals()
     signals.watch(settings.redis_url, settings.queue, wake)
     try:
@@ -179,13 +190,17 @@ def run_dev(embedded_redis: bool = True) -> int:
             sup.step()
             wake.wait(settings.poll_interval)
     finally:
+        # workers first, then the API, Redis last: each still has what it needs as it stops
         signals.unwatch(settings.redis_url, settings.queue, wake)
-        api.terminate()
         sup.stop_all()
+        log.info("workers stopped")
+        api.terminate()
         try:
             api.wait(timeout=5)
         except subprocess.TimeoutExpired:
             api.kill()
+            api.wait()
+        log.info("API stopped")
         if server:
             server.stop()
         print("pipeq dev: stopped", flush=True)

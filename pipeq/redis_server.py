@@ -14,6 +14,8 @@ from pathlib import Path
 
 import redis
 
+from pipeq.lifeline import die_with_parent
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -22,11 +24,16 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """``redis-server`` on 127.0.0.1:``port`` with its data in ``data_dir``."""
+    """``redis-server`` on 127.0.0.1:``port`` with its data in ``data_dir``.
 
-    def __init__(self, data_dir: Path, port: int | None = None):
+    With ``own_session`` (``pipeq dev``) the server runs in a session of its own, out of
+    reach of a Ctrl-C to the terminal's group (its owner stops it, last), and ends when its
+    owner dies (see ``pipeq.lifeline``; start it from a thread that lives as long)."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, *, own_session: bool = False):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
+        self.own_session = own_session
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -46,6 +53,8 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=self.own_session,
+            preexec_fn=die_with_parent() if self.own_session else None,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout

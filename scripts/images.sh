@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Build pipeq's images with Docker: pipeq (API and operator, ./Dockerfile), pipeq-worker
-# (worker_image/Dockerfile) and pipeq-redis (redis_image/Dockerfile, for clusters that cannot
-# pull the chart's default Redis), all tagged TAG.
+# Build pipeq's images with Docker: pipeq (API and operator) and pipeq-worker, the targets
+# `api` and `worker` of ./Dockerfile (one build stage), and pipeq-redis (redis_image/Dockerfile,
+# for clusters that cannot pull the chart's default Redis), all tagged TAG.
 #
 #   scripts/images.sh [--tag TAG] [pipeq] [worker] [redis]     # default: all three, TAG 0.1.0
 #
@@ -43,10 +43,10 @@ export DOCKER_BUILDKIT=0
 # Each build that changes an image leaves the one it replaced, and its build stage's result,
 # untagged (~0.9 GB a code change, kept by a machine that runs CI again and again): build()
 # removes the image it replaced, and the end of this script all but the newest stage results.
-build() {  # NAME DOCKERFILE
+build() {  # NAME DOCKERFILE [TARGET]
   local start old new; start=$(date +%s.%N)
   old=$(docker image inspect -f '{{.Id}}' "$1:$tag" 2>/dev/null || true)
-  docker build -q --build-arg PIP_NO_INDEX=1 -f "$2" -t "$1:$tag" . >/dev/null
+  docker build -q --build-arg PIP_NO_INDEX=1 -f "$2" ${3:+--target "$3"} -t "$1:$tag" . >/dev/null
   new=$(docker image inspect -f '{{.Id}}' "$1:$tag")
   # refused (and left) while another tag or a container uses it
   if [ -n "$old" ] && [ "$old" != "$new" ]; then docker rmi "$old" >/dev/null 2>&1 || true; fi
@@ -55,11 +55,11 @@ build() {  # NAME DOCKERFILE
 }
 for w in "${which[@]}"; do
   case $w in
-    pipeq) build pipeq Dockerfile ;;
-    worker) build pipeq-worker worker_image/Dockerfile ;;
+    pipeq) build pipeq Dockerfile api ;;
+    worker) build pipeq-worker Dockerfile worker ;;
     redis) build pipeq-redis redis_image/Dockerfile ;;
     *) echo "scripts/images.sh: unknown image $w (pipeq, worker, redis)" >&2; exit 2 ;;
   esac
 done
-# the newest result of each Dockerfile's build stage is the cache of the next build: keep two
+# the newest results of the build stages are the cache of the next build: keep two
 docker images -q -f dangling=true -f label=pipeq.dev/stage=build | tail -n +3 | xargs -r docker rmi >/dev/null 2>&1 || true

@@ -15,6 +15,8 @@ a forked work horse would only add latency. What pipeq adds to RQ:
   set again with each renewal of the lease, which also keeps the hash from expiring mid-job.
 - stop requests (``DELETE /jobs/{id}``) end the pipeline's process group.
 - SIGTERM is a warm shutdown: the current job finishes, then the worker exits.
+- SIGINT (``pipeq dev`` on a Ctrl-C) is a stop now: a running attempt ends, its pipeline
+  killed, and the job goes back to the queue (a retry spent, as for a lost worker).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from collections.abc import Callable
 import redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
+from rq.worker import WorkerStatus
 from rq.utils import now
 
 from pipeq.queue import BUSY_FIELD, cleaning, connect, reap_abandoned
@@ -185,6 +188,14 @@ class PipeqWorker(SimpleWorker):
         except TRANSIENT:
             job.ended_at = job.ended_at or now()
 
+    def handle_exception(self, job: Job, *exc_info):
+        if exc_info and exc_info[0] is SystemExit:
+            # a cold shutdown (SIGINT, or a second SIGTERM) ended the attempt, its
+            # pipeline killed: no error of the job's, no traceback; RQ retries it next
+            self.log.warning("job %s: attempt ended by the worker's cold shutdown; the job is given back", job.id)
+            return
+        super().handle_exception(job, *exc_info)
+
     def _lease_client(self) -> redis.Redis:
         if self._leases is None:
             self._leases = lease_client(self.connection, self.lease_seconds)
@@ -240,11 +251,22 @@ class PipeqWorker(SimpleWorker):
 
     def _install_signal_handlers(self):
         super()._install_signal_handlers()
+        signal.signal(signal.SIGINT, self._stop_now)
         if self.stop_before_ready is not None and self.stop_before_ready.is_set():
             # a signal came while the worker started (see starting.hold_stop_signals):
             # stop now, as RQ does for a stop while idle, before taking any job
             self.log.info("Worker %s: stop requested while starting", self.name)
             self._stop_requested = True
+
+    def _stop_now(self, signum, frame):
+        """SIGINT: RQ's cold shutdown at once, not after a warm one (a SystemExit that ends
+        the running attempt; its pipeline goes with it, see ``task._run``); idle, a clean stop."""
+        if self.get_state() != WorkerStatus.BUSY:
+            self.request_stop(signum, frame)
+            return
+        self.log.warning("Worker %s: stopping now, the running job goes back to the queue", self.name)
+        self._stop_requested = True  # RQ records the attempt's end, then leaves its loop
+        raise SystemExit()
 
     def kill_horse(self, sig=signal.SIGTERM):
         """RQ calls this for a stop request of the current job: end its pipeline."""

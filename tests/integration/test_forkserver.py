@@ -18,7 +18,7 @@ def _catches(pid: int, sig: int) -> bool:
 
 
 def test_forked_workers_register_run_and_stop_warm(settings, conn):
-    from pipeq.worker.forkserver import ForkServer
+    from pipeq.dev_forkserver import ForkServer
 
     server = ForkServer(settings_env(settings)).start()
     workers = {}

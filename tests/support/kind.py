@@ -97,6 +97,37 @@ def docker_down() -> None:
     run("scripts/docker.sh", "down", timeout=120, check=False)
 
 
+#: in the `kind up` folder: that command started the dockerd (so `kind down` stops it)
+STARTED_MARK = "dockerd-started"
+
+
+def note_docker_started(workdir: Path, started: bool) -> None:
+    """Record in ``workdir`` that ``kind up`` started the Docker daemon, if it did
+    (docker_up's answer); a second ``kind up`` that finds it running keeps the record."""
+    if started:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / STARTED_MARK).write_text("scripts/docker.sh up started the dockerd; kind down stops it\n")
+
+
+def docker_down_if_started(workdir: Path) -> bool:
+    """``kind down``'s end: stop the dockerd if ``kind up`` started it (as the suite does),
+    unless containers of others still run on it; True if it was stopped. A daemon that was
+    up before ``kind up`` is never touched (scripts/docker.sh down stops only its own)."""
+    mark = workdir / STARTED_MARK
+    if not mark.exists():
+        return False
+    try:
+        others = run("docker", "ps", "-q", timeout=30, check=False).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        others = []  # no docker client or no answer: nothing runs on it that could be hurt
+    if others:
+        log(f"leaving dockerd running: {len(others)} other container(s) still use it")
+        return False
+    docker_down()
+    mark.unlink()
+    return True
+
+
 def prepare() -> None:
     """Build what a cluster needs, each cached after its first build: the node image, kind,
     helm, and pipeq's images."""
@@ -281,9 +312,11 @@ def main(argv: list[str] | None = None) -> int:
             except (ProcessLookupError, ValueError):
                 pass
         KindCluster(a.name, workdir).delete()
+        if docker_down_if_started(workdir):
+            log("stopped the dockerd that kind up started")
         shutil.rmtree(workdir, ignore_errors=True)
         return 0
-    docker_up()
+    note_docker_started(workdir, docker_up())
     start = time.monotonic()
     cluster = KindCluster(a.name, workdir).up()
     # a port-forward that outlives this command, stopped by `down`

@@ -195,3 +195,60 @@ def test_head_window_changes_nothing(monkeypatch, data, gz):
     windowed = run()
     monkeypatch.setattr(validate, "HEAD_WINDOW", 1 << 40)
     assert windowed == run()
+
+
+def _bad_crc(gz: bytes) -> bytes:
+    return gz[:-8] + bytes([gz[-8] ^ 0xFF]) + gz[-7:]
+
+
+def _bad_length(gz: bytes) -> bytes:
+    return gz[:-4] + bytes([gz[-4] ^ 0x01]) + gz[-3:]
+
+
+_BIG = FASTQ * 400  # ~14 MB of content: past the one-call inflate, it streams in several chunks
+
+
+@pytest.mark.parametrize(
+    "data, refusal",
+    [
+        (gzip.compress(FASTQ), None),
+        (gzip.compress(_BIG, 1), None),
+        (gzip.compress(FASTQ[:400]) + gzip.compress(FASTQ[400:]), None),  # two members: read whole
+        (gzip.compress(_BIG[:5_000_000], 1) + gzip.compress(_BIG[5_000_000:], 1), None),
+        (gzip.compress(FASTQ)[:-3], "truncated"),
+        (gzip.compress(_BIG, 1)[:-100], "truncated"),
+        (gzip.compress(FASTQ) + gzip.compress(FASTQ)[:-5], "truncated"),  # the second member cut
+        (_bad_crc(gzip.compress(FASTQ)), "damaged"),
+        (_bad_crc(gzip.compress(_BIG, 1)), "damaged"),
+        (gzip.compress(FASTQ) + _bad_crc(gzip.compress(FASTQ)), "damaged"),  # the second member's CRC
+        (_bad_length(gzip.compress(FASTQ)), "damaged"),
+        (gzip.compress(FASTQ) + b"\0" * 16, "damaged"),  # what follows the member is no member
+        (gzip.compress(FASTQ)[:30] + b"garbage" * 20, "damaged"),
+    ],
+)
+@pytest.mark.parametrize("inflater", ["isal", "zlib"])
+def test_streaming_inflate_refuses_the_same_with_isal_and_zlib(monkeypatch, data, refusal, inflater):
+    """The streaming check (uploads to object storage, files past the one-call inflate) gives
+    the content Python's gzip module does, or the same refusal, through ISA-L as through zlib:
+    a truncated file, a bad CRC or length, damage in any member (and, stricter than the
+    gzip module, bytes after the last member that are no member)."""
+    import zlib
+
+    from isal import isal_zlib
+
+    from pipeq.inputs import checks
+
+    monkeypatch.setattr(checks, "INFLATER", isal_zlib if inflater == "isal" else zlib)
+    seen = checks.StreamCheck()
+    for i in range(0, len(data), 100_000):  # in pieces, as an upload arrives
+        seen.feed(data[i : i + 100_000])
+    if refusal is None:
+        head, more = seen.head()
+        content = gzip.decompress(data)
+        assert head == content[: checks.HEAD_BYTES] and more == (len(content) > checks.HEAD_BYTES)
+        assert check_fastq(io.BytesIO(data)) > 0
+    else:
+        with pytest.raises(InvalidInput, match=refusal):
+            seen.head()
+        with pytest.raises(InvalidInput, match=refusal):
+            check_fastq(io.BytesIO(data))

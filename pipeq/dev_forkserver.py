@@ -1,4 +1,5 @@
-"""A warm parent for local workers: imports the worker once, then forks one per request.
+"""A warm parent for ``pipeq dev``'s local workers (its only user): imports the worker once,
+then forks one per request.
 
 ``pipeq dev`` scales its local pool from zero when a burst arrives. A fresh ``python -m
 pipeq worker`` spends about 0.6 s of CPU importing RQ, redis-py and pydantic before it takes
@@ -11,9 +12,18 @@ as a group) and answer ``<name> <pid>`` on the reply descriptor given as argv[1]
 all, once the imports are done, we say ``ready`` there. We reap our
 children and report ``exit <pid> <code>`` on the same descriptor. We exit when stdin closes;
 the workers we started keep running until they are stopped (as Popen'ed workers would).
+SIGTERM is the one exception: ``pipeq dev`` is gone (the kernel sends it when it dies, see
+``pipeq.lifeline``), so we kill our workers (their guards end their pipelines) and exit.
 
 Nothing here opens a Redis connection or starts a thread before forking: each worker makes
 its own after the fork.
+
+Why not the standard library's ``multiprocessing`` forkserver with
+``set_forkserver_preload``: a worker from it is ready in 22-58 ms against 2-12 ms here
+(docs/benchmarks.md, issue 21), which changes no fleet's makespan, but it ignores a preload
+that fails to import (every worker then pays the imports itself, ~1.8 s here, without a
+word), and ``pipeq dev`` would still need what this module does beside it: workers that lead
+their own session, and their exits reported to a supervisor that did not fork them.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 
 import pipeq.worker.main  # noqa: F401 — the point of this process: the imports, paid once
+from pipeq.lifeline import die_with_parent
 from pipeq.settings import get_settings
 
 
@@ -34,6 +45,7 @@ def _child(name: str, reply_fd: int) -> None:
     os.close(reply_fd)
     os.setsid()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the worker installs its own
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -63,6 +75,8 @@ def serve(reply_fd: int) -> int:
         # one short write: atomic on a pipe, so the SIGCHLD handler may interleave lines safely
         os.write(reply_fd, (line + "\n").encode())
 
+    children: set[int] = set()
+
     def reap(signum, frame):
         while True:
             try:
@@ -71,18 +85,33 @@ def serve(reply_fd: int) -> int:
                 return
             if pid == 0:
                 return
+            children.discard(pid)
             reply(f"exit {pid} {os.waitstatus_to_exitcode(status)}")
 
+    def orphaned(signum, frame):
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os._exit(143)
+
     signal.signal(signal.SIGCHLD, reap)
+    signal.signal(signal.SIGTERM, orphaned)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for `pipeq dev`, which stops us
     reply("ready")
     for line in sys.stdin:
         name = line.strip()
         if not name:
             continue
+        # SIGCHLD held until the pid is in the set: a child that ends at once is reaped after
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         pid = os.fork()
         if pid == 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
             _child(name, reply_fd)
+        children.add(pid)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         reply(f"{name} {pid}")
     return 0
 
@@ -131,8 +160,9 @@ class ForkServer:
     def start(self) -> "ForkServer":
         r, w = os.pipe()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeq.worker.forkserver", str(w)],
+            [sys.executable, "-m", "pipeq.dev_forkserver", str(w)],
             env=self.env, stdin=subprocess.PIPE, pass_fds=[w], start_new_session=True, text=True,
+            preexec_fn=die_with_parent(),
         )
         os.close(w)
         threading.Thread(target=self._read, args=(os.fdopen(r, "r"),), name="forkserver-replies", daemon=True).start()
@@ -196,4 +226,7 @@ class ForkServer:
 
 
 if __name__ == "__main__":
-    sys.exit(serve(int(sys.argv[1])))
+    code = serve(int(sys.argv[1]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # not the interpreter's teardown of the worker's imports: pipeq dev waits for it
