@@ -15,6 +15,9 @@ a forked work horse would only add latency. What pipeq adds to RQ:
   set again with each renewal of the lease, which also keeps the hash from expiring mid-job.
 - stop requests (``DELETE /jobs/{id}``) end the pipeline's process group.
 - SIGTERM is a warm shutdown: the current job finishes, then the worker exits.
+- the fair share's feed (``pipeq.fairshare``): after each dequeue, at each job's end (which
+  also frees the owner's quota slot) and with each maintenance, the worker moves the next
+  fair job from the owners' backlogs into the queue.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.utils import now
 
+from pipeq import fairshare, quotas
 from pipeq.queue import BUSY_FIELD, cleaning, connect, reap_abandoned
 from pipeq.settings import Settings, get_settings
 from pipeq.storage import Unavailable
@@ -95,7 +99,25 @@ class PipeqWorker(SimpleWorker):
             with contextlib.suppress(redis.RedisError):
                 self.connection.hdel(self.key, BUSY_FIELD)
             self._running = None
+            with contextlib.suppress(redis.RedisError):  # both heal: the prunes, the next feed
+                self._ended(job, queue)
         self.set_state("idle")
+
+    def _ended(self, job: LeasedJob, queue: Queue) -> None:
+        """After an attempt: free the owner's quota slot if the job has ended (not after a
+        lost lease, nor when it was requeued), and feed the queue from the backlogs."""
+        status = self.connection.hget(job.key, "status")
+        if status is None or status.decode() not in quotas.ACTIVE_STATUSES:
+            quotas.release(self.connection, quotas.Owner.of(job.meta).id, job.id)
+        fairshare.feed(self.connection, queue.name)
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        if result is not None:
+            # the queue is one shorter: the next fair job takes the place (for the next worker)
+            with contextlib.suppress(redis.RedisError):
+                fairshare.feed(self.connection, result[1].name)
+        return result
 
     def _keep(self, job: LeasedJob, queue: Queue) -> None:
         """After each renewal of the lease: keep the busy mark, and requeue lost jobs (idle
@@ -103,6 +125,7 @@ class PipeqWorker(SimpleWorker):
         one)."""
         self._mark_busy(job)
         reap_abandoned(self.connection, queue.name)
+        fairshare.feed(self.connection, queue.name)
 
     def _mark_busy(self, job: LeasedJob) -> None:
         """Say in the worker's hash which job it runs, and keep the hash. RQ sets the hash's
@@ -222,6 +245,8 @@ class PipeqWorker(SimpleWorker):
     def run_maintenance_tasks(self):
         try:
             super().run_maintenance_tasks()
+            for q in self.queues:  # a feed missed (a worker killed between its dequeue and its feed)
+                fairshare.feed(self.connection, q.name)
         except TRANSIENT as e:
             log.warning("registry clean-up put off: %s", e)
             return
