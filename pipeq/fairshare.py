@@ -28,7 +28,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from pipeq.queue import ARRIVALS, BACKLOG_PREFIX, BACKLOGGED, DISPATCHED_PREFIX, WEIGHTS
+from pipeq.queue import ARRIVALS, BACKLOG_PREFIX, BACKLOGGED, DISPATCHED_PREFIX, FED, WEIGHTS
 
 #: Jobs the feed keeps in the RQ queue: one, ready for the next worker that frees. More
 #: would decide the order earlier than needed; the next feed comes with the dequeue.
@@ -50,6 +50,7 @@ def keys(queue_name: str) -> dict[str, str]:
         "dispatched": DISPATCHED_PREFIX.format(queue=queue_name),
         "weights": WEIGHTS.format(queue=queue_name),
         "arrivals": ARRIVALS.format(queue=queue_name),
+        "fed": FED.format(queue=queue_name),
     }
 
 
@@ -60,7 +61,7 @@ def backlog_key(queue_name: str, owner: str) -> str:
 # Shared by the scripts: the keys in KEYS[1..2] and ARGV[1..4] (see _args); owners' keys
 # are made from the prefixes (pipeq's Redis is one server, not a cluster).
 _COMMON = """
-local qkey, owners = KEYS[1], KEYS[2]
+local qkey, owners, fedkey = KEYS[1], KEYS[2], KEYS[4]
 local bprefix, dprefix, wkey, jprefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local function weight(o) return tonumber(redis.call('HGET', wkey, o) or '1') or 1 end
 -- the owner's dispatched jobs that are still queued or running (the others are pruned)
@@ -72,7 +73,24 @@ local function dispatched(o)
   end
   return n
 end
+-- The jobs the feed put into the queue that no worker has taken yet go back to their
+-- backlogs first (at their place): the choice is made again with what holds now (a job
+-- ended, another owner arrived). A job requeued after its worker died is not one of them.
+local function take_back()
+  for _, id in ipairs(redis.call('LRANGE', qkey, 0, 9)) do
+    local fed = redis.call('HGET', fedkey, id)
+    if fed then
+      local seq, o = string.match(fed, '^(%d+)|(.*)$')
+      redis.call('LREM', qkey, 1, id)
+      redis.call('ZADD', bprefix .. o, seq, id)
+      redis.call('SADD', owners, o)
+      redis.call('SREM', dprefix .. o, id)
+    end
+  end
+  redis.call('DEL', fedkey)  -- the others were taken by workers
+end
 local function feed(target)
+  take_back()
   local moved, running = 0, {}
   while redis.call('LLEN', qkey) < target do
     local best, br, bw, bs
@@ -90,10 +108,12 @@ local function feed(target)
       end
     end
     if best == nil then break end
-    local id = redis.call('ZPOPMIN', bprefix .. best)[1]
+    local popped = redis.call('ZPOPMIN', bprefix .. best)
+    local id = popped[1]
     -- a job canceled (or gone) while backlogged is dropped, not dispatched
     if redis.call('HGET', jprefix .. id, 'status') == 'queued' then
       redis.call('RPUSH', qkey, id)
+      redis.call('HSET', fedkey, id, popped[2] .. '|' .. best)
       redis.call('SADD', dprefix .. best, id)
       running[best] = running[best] + 1
       moved = moved + 1
@@ -155,7 +175,7 @@ return n
 
 def _args(queue_name: str) -> tuple[list[str], list[str]]:
     k = keys(queue_name)
-    return [k["queue"], k["backlogged"], k["arrivals"]], [k["backlog"], k["dispatched"], k["weights"], Job.redis_job_namespace_prefix]
+    return [k["queue"], k["backlogged"], k["arrivals"], k["fed"]], [k["backlog"], k["dispatched"], k["weights"], Job.redis_job_namespace_prefix]
 
 
 def enqueue(p: redis.client.Pipeline, queue_name: str, job_id: str, owner: str, weight: float) -> None:

@@ -51,6 +51,8 @@ DISPATCHED_PREFIX = "pipeq:dispatched:{queue}:"
 WEIGHTS = "pipeq:weights:{queue}"
 #: per queue: the arrival counter that orders the backlogs
 ARRIVALS = "pipeq:arrivals:{queue}"
+#: per queue: hash job id → "arrival|owner" of the jobs the feed put into the queue
+FED = "pipeq:fed:{queue}"
 
 
 class EnqueueUncertain(redis.RedisError):
