@@ -1,6 +1,6 @@
 # Benchmarks (issue 8): pipeq against the plain FastAPI + RQ app in bench/baseline/, in one run.
 # Tables on stdout and in bench/results/tables.md, figures in bench/results/*.png; see docs/benchmarks.md.
-.PHONY: bench bench-deps bench-quick bench-profile bench-s3 bench-scale bench-keda
+.PHONY: bench bench-deps bench-quick bench-profile bench-s3 bench-scale bench-keda bench-fairshare
 
 bench-deps:
 	@PIPEQ_EXTRA_DEBS=wrk scripts/deps.sh
@@ -23,3 +23,6 @@ bench-scale: deps venv tools ## the operator's reaction to bursts and its idle c
 
 bench-keda: deps venv tools ## KEDA 2.21 (tools/keda, built once: ~30 min) and pipeq on one kind cluster: bursts (first replica, full scale), interrupted jobs on a scale-down (~20 min; outside make test)
 	$(PY) -m bench.keda $(BENCH_KEDA_ARGS)
+
+bench-fairshare: deps venv ## quotas and the fair share (issue 22, figures 2-6): 429s through 2 API processes, B behind A's burst vs FIFO, weights, busy workers, enqueue latency (~6 min)
+	$(PY) -m bench.fairshare $(BENCH_FAIRSHARE_ARGS)
