@@ -3,9 +3,10 @@
 Design (docs/fair-share.md): with PIPEQ_FAIR_SHARE on, ``queue.enqueue_run`` puts a new job
 into its owner's backlog (a sorted set by arrival) instead of the RQ queue, and runs
 :data:`_FEED` in the same transaction. The feed keeps the RQ queue at most
-:data:`QUEUE_TARGET` long: while it is shorter, it moves the oldest job of the backlogged
+:data:`QUEUE_TARGET` long: it first takes back the job it put there earlier that no worker
+has taken yet, then, while the queue is shorter, moves the oldest job of the backlogged
 owner with the fewest dispatched jobs per weight (ties: the older head job) to the queue's
-tail. Dispatched = moved to the queue and not ended (queued or started): the owner's running
+tail. So the choice is made again at each event, with what holds then. Dispatched = moved to the queue and not ended (queued or started): the owner's running
 jobs plus at most the one waiting at the queue's head. Workers stay stock RQ workers taking
 from the queue; the feed runs again whenever the queue may have shrunk or a slot freed:
 after each dequeue, at each job's end, and in every worker's periodic maintenance (idle
