@@ -272,8 +272,9 @@ def figure6(rig: Rig, n: int = 1000, rounds: int = 3) -> dict:
     lat = {k: [] for k in sides}
     for _ in range(rounds):
         rig.conn.flushall()
+        order = list(sides.items())
         for i in range(n):
-            for label, s in sides.items():
+            for label, s in order[i % 3:] + order[:i % 3]:  # rotated: no side always first after another
                 t = time.perf_counter()
                 queue.enqueue_run(rig.conn, s.queue, uuid.uuid4().hex, {"reads": [], "reference": "r"},
                                   meta={"owner": f"{s.queue}-user{i % 4}", "attempt": 0}, retries=2, ttl=3600, settings=s)

@@ -138,6 +138,16 @@ _FEED = _COMMON + """
 return feed(tonumber(ARGV[5]))
 """
 
+# After an attempt of job ARGV[6]: if it has ended (not requeued), free its slot in the
+# owner's active set KEYS[5]; then feed up to ARGV[5].
+_ENDED = _COMMON + """
+local s = redis.call('HGET', jprefix .. ARGV[6], 'status')
+if not (s == 'queued' or s == 'started' or s == 'deferred' or s == 'scheduled') then
+  redis.call('SREM', KEYS[5], ARGV[6])
+end
+return feed(tonumber(ARGV[5]))
+"""
+
 # Where backlogged job ARGV[5] of owner ARGV[6] will be served: the jobs in the queue, the
 # owner's jobs before it, and each other owner's jobs that the feed picks first (its k-th
 # job goes first if (r_p + k) / w_p < (r_o + i) / w_o, or equal and it arrived earlier).
@@ -190,6 +200,15 @@ def feed(conn: redis.Redis, queue_name: str) -> int:
     """Move backlogged jobs into the queue, fairest first, until it holds QUEUE_TARGET; how many moved."""
     ks, argv = _args(queue_name)
     return int(conn.eval(_FEED, len(ks), *ks, *argv, QUEUE_TARGET))
+
+
+def ended(conn: redis.Redis, queue_name: str, job_id: str, owner: str) -> int:
+    """After an attempt of ``job_id``: free its owner's quota slot if the job has ended (not
+    after a lost lease or a requeue: then it is still queued or started), and feed; one script."""
+    from pipeq import quotas
+
+    ks, argv = _args(queue_name)
+    return int(conn.eval(_ENDED, len(ks) + 1, *ks, quotas.active_key(owner), *argv, QUEUE_TARGET, job_id))
 
 
 def position(conn: redis.Redis, queue_name: str, job_id: str, owner: str) -> int | None:

@@ -100,21 +100,34 @@ def watched(owner: str) -> list[str]:
     return [active_key(owner), submitted_key(owner)]
 
 
+# The owner's use in one round trip: active jobs, admissions in the window, and the
+# admission whose leaving the window frees one (when at the per-minute limit ARGV[2]).
+_USE = """
+local active = redis.call('SCARD', KEYS[1])
+local recent = redis.call('ZCOUNT', KEYS[2], ARGV[1], '+inf')
+local limit = tonumber(ARGV[2])
+local oldest = false
+if limit >= 0 and recent >= limit and recent > 0 then
+  oldest = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', recent - math.max(limit, 1), 1)[2]
+end
+return {active, recent, oldest}
+"""
+
+
 def check(p: redis.client.Pipeline, owner: str, limits: Limits, now: float) -> bool:
     """Read ``owner``'s use on ``p`` (watching, before MULTI) and raise QuotaExceeded if one
     more job is over ``limits``. Returns False after it pruned ended jobs from the active
     set (that touched a watched key: the caller watches and checks again), else True."""
-    if limits.active_jobs is not None:
-        active = p.scard(active_key(owner))
-        if active >= limits.active_jobs:
-            if prune(p, owner):
-                return False
-            raise QuotaExceeded("active_jobs", limits.active_jobs, active, ACTIVE_RETRY_AFTER)
-    if limits.submissions_per_minute is not None:
-        recent = p.zrangebyscore(submitted_key(owner), now - WINDOW, "+inf", withscores=True)
-        if len(recent) >= limits.submissions_per_minute:
-            oldest = recent[-limits.submissions_per_minute][1] if limits.submissions_per_minute else now
-            raise QuotaExceeded("submissions_per_minute", limits.submissions_per_minute, len(recent), oldest + WINDOW - now + 1)
+    per_minute = limits.submissions_per_minute
+    active, recent, oldest = p.eval(_USE, 2, active_key(owner), submitted_key(owner), now - WINDOW,
+                                    -1 if per_minute is None else per_minute)
+    if limits.active_jobs is not None and active >= limits.active_jobs:
+        if prune(p, owner):
+            return False
+        raise QuotaExceeded("active_jobs", limits.active_jobs, active, ACTIVE_RETRY_AFTER)
+    if per_minute is not None and recent >= per_minute:
+        frees = float(oldest) + WINDOW if oldest is not None else now + WINDOW
+        raise QuotaExceeded("submissions_per_minute", per_minute, recent, frees - now + 1)
     return True
 
 

@@ -106,10 +106,7 @@ class PipeqWorker(SimpleWorker):
     def _ended(self, job: LeasedJob, queue: Queue) -> None:
         """After an attempt: free the owner's quota slot if the job has ended (not after a
         lost lease, nor when it was requeued), and feed the queue from the backlogs."""
-        status = self.connection.hget(job.key, "status")
-        if status is None or status.decode() not in quotas.ACTIVE_STATUSES:
-            quotas.release(self.connection, quotas.Owner.of(job.meta).id, job.id)
-        fairshare.feed(self.connection, queue.name)
+        fairshare.ended(self.connection, queue.name, job.id, quotas.Owner.of(job.meta).id)
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)

@@ -16,7 +16,7 @@ from rq.job import Job
 from pipeq import queue, quotas
 from pipeq.quotas import QuotaExceeded
 from pipeq.settings import Settings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 from tests.integration.test_worker import submit, until
 from tests.support import pipelines
 
@@ -143,11 +143,12 @@ def test_a_run_that_ends_on_a_worker_frees_its_slot(client, dataset, conn, cappe
     workers.start()
     for job_id in ids:
         assert until(client, job_id)["status"] == "failed"
-    assert conn.scard(quotas.active_key("anonymous")) == 0  # released by the worker, not pruned
+    # released by the worker (just after RQ records the end), not pruned
+    wait_for(lambda: conn.scard(quotas.active_key("anonymous")) == 0, timeout=10, what="the slots freed")
     capped.pipeline = pipelines.write(tmp_path, "ok.sh", pipelines.SLEEPY)
     workers.stop()
     workers.start(PIPEQ_TEST_SLEEP=0)  # a worker of the new pipeline
     ids = [submit(client, dataset) for _ in range(2)]
     for job_id in ids:
         assert until(client, job_id)["status"] == "finished"
-    assert conn.scard(quotas.active_key("anonymous")) == 0
+    wait_for(lambda: conn.scard(quotas.active_key("anonymous")) == 0, timeout=10, what="the slots freed")
