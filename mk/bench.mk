@@ -1,6 +1,6 @@
 # Benchmarks (issue 8): pipeq against the plain FastAPI + RQ app in bench/baseline/, in one run.
 # Tables on stdout and in bench/results/tables.md, figures in bench/results/*.png; see docs/benchmarks.md.
-.PHONY: bench bench-deps bench-quick bench-profile bench-s3 bench-scale bench-keda bench-report
+.PHONY: bench bench-deps bench-quick bench-profile bench-s3 bench-scale bench-keda bench-report bench-fairshare
 
 bench-deps:
 	@PIPEQ_EXTRA_DEBS=wrk scripts/deps.sh
@@ -27,3 +27,5 @@ bench-keda: deps venv tools ## KEDA 2.21 (tools/keda, built once: ~30 min) and p
 bench-report: deps venv ## what the report's plots cost: lambda (bowtie2-examples) and a simulated 2 M-read run (~6 min; docs/pipeline.md)
 	@PIPEQ_EXTRA_DEBS=bowtie2-examples scripts/deps.sh
 	$(PY) -m bench.report_plots $(BENCH_REPORT_ARGS)
+bench-fairshare: deps venv ## quotas and the fair share (issue 22, figures 2-6): 429s through 2 API processes, B behind A's burst vs FIFO, weights, busy workers, enqueue latency (~6 min)
+	$(PY) -m bench.fairshare $(BENCH_FAIRSHARE_ARGS)

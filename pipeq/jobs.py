@@ -54,6 +54,13 @@ class Submitted(BaseModel):
     status_url: str = Field(description="Poll this for the job's status.")
 
 
+class OverQuota(BaseModel):
+    detail: str = Field(description="A sentence for people.")
+    limit: Literal["active_jobs", "submissions_per_minute"] = Field(description="The limit the submission is over.")
+    allowed: int = Field(description="The limit's value for this user.")
+    current: int = Field(description="The user's use of it now.")
+
+
 class JobList(BaseModel):
     jobs: list[JobStatus]
     total: int = Field(description="Jobs kept in all (they expire after PIPEQ_JOB_TTL).")
@@ -151,8 +158,10 @@ return {h, extra}
 
 def fetch_for_status(conn: redis.Redis, job_id: str) -> tuple[Job, int | None] | None:
     """The job (its latest result loaded when finished) and its queue position, in one
-    round trip; None when there is no such job. The position is None unless the job is
-    queued within POSITION_SCAN places of either end of its queue."""
+    round trip (two for a job in its owner's backlog: its place in the order the fair share
+    will serve, ``fairshare.position``); None when there is no such job. The position is
+    None unless the job is backlogged or queued within POSITION_SCAN places of either end
+    of its queue."""
     got = conn.eval(_STATUS, 2, Job.key_for(job_id), Result.get_key(job_id), job_id, POSITION_SCAN,
                     Queue.redis_queue_namespace_prefix)
     if not got:
@@ -163,6 +172,10 @@ def fetch_for_status(conn: redis.Redis, job_id: str) -> tuple[Job, int | None] |
     position = None
     if isinstance(extra, int):
         position = extra
+    elif extra is None and _status(job) == "queued" and job.origin:
+        from pipeq import fairshare, quotas
+
+        position = fairshare.position(conn, job.origin, job_id, quotas.Owner.of(job.meta).id)
     elif extra:  # [[result_id, [field, value, ...]]]
         result_id, fields = extra[0]
         job._cached_result = Result.restore(

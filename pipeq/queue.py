@@ -35,6 +35,25 @@ TASK = "pipeq.worker.task.run_pipeline"
 ABANDONED_PREFIX = "pipeq:abandoned:"
 ABANDONED_TTL = 86400
 
+# Quotas and fair share (issue 22: pipeq.quotas, pipeq.fairshare). An owner is the job's
+# meta["owner"] (a principal's id); these prefixes are followed by it.
+#: set of the owner's active job ids (backlogged, queued or running), pruned of ended ones
+ACTIVE_PREFIX = "pipeq:active:"
+#: sorted set of the owner's admitted job ids by admission time, kept for the last minute
+SUBMITTED_PREFIX = "pipeq:submitted:"
+#: per queue: sorted set of the owner's job ids waiting for their turn, by arrival sequence
+BACKLOG_PREFIX = "pipeq:backlog:{queue}:"
+#: per queue: set of the owners that have a backlog
+BACKLOGGED = "pipeq:backlogged:{queue}"
+#: per queue: set of the owner's job ids moved from the backlog into the queue, not ended
+DISPATCHED_PREFIX = "pipeq:dispatched:{queue}:"
+#: per queue: hash owner → fair-share weight (recorded at each enqueue)
+WEIGHTS = "pipeq:weights:{queue}"
+#: per queue: the arrival counter that orders the backlogs
+ARRIVALS = "pipeq:arrivals:{queue}"
+#: per queue: hash job id → "arrival|owner" of the jobs the feed put into the queue
+FED = "pipeq:fed:{queue}"
+
 
 class EnqueueUncertain(redis.RedisError):
     """The enqueue got no answer and Redis could not say afterwards whether it happened: the
@@ -64,6 +83,7 @@ def enqueue_run(
     meta: dict,
     retries: int,
     ttl: int,
+    settings=None,
 ) -> Job:
     """Enqueue one pipeline run under ``job_id``.
 
@@ -71,40 +91,74 @@ def enqueue_run(
     so that one job can run on pools with different timeouts. ``retries`` extra attempts are
     granted for a job whose worker died; the task forfeits them when the pipeline itself fails.
 
+    The owner (``meta["owner"]``, see ``quotas.Owner``) is checked against its quotas in the
+    same transaction that admits the job: over one, QuotaExceeded and nothing is stored. With
+    the fair share on, the job goes to its owner's backlog, which feeds the queue
+    (``pipeq.fairshare``). ``settings``: the quotas and weights (default: the process's).
+
     Raises RedisError only when the job surely does not exist and never will, and
     EnqueueUncertain when that cannot be told. An error after the transaction was sent is
     ambiguous (a reply that timed out may follow a transaction Redis ran, or will run once it
     resumes): then the submission is given up in Redis, atomically, unless the job exists,
     and the transaction, which watches that mark, can no longer happen after it.
     """
-    q = get_queue(conn, queue_name)
-    now = time.time()
-    # One transaction: the job, its place in the queue and in the index (RQ alone makes two
-    # round trips, each an fsync with appendfsync always), after a WATCH of the abandoned mark.
+    from pipeq import fairshare, quotas
+
+    if settings is None:
+        from pipeq.settings import get_settings
+
+        settings = get_settings()
+    owner = quotas.Owner.of(meta)
+    limits = quotas.limits_for(owner.groups, owner.admin, settings)
+    q = (_Backlogging if settings.fair_share else Queue)(queue_name, connection=conn)
+    # One transaction: the job, its place in the queue (or backlog) and in the index, its
+    # owner's quota use (RQ alone makes two round trips, each an fsync with appendfsync
+    # always), after a WATCH of the abandoned mark and of the owner's use when it is capped.
     with conn.pipeline() as p:
-        p.watch(ABANDONED_PREFIX + job_id)  # if this fails, nothing of the job was sent
-        p.multi()
-        job = q.enqueue_call(
-            TASK,
-            kwargs=kwargs,
-            job_id=job_id,
-            timeout=-1,
-            result_ttl=ttl,
-            failure_ttl=ttl,
-            meta=meta,
-            # a lost job goes back to the head of the queue: it waited its turn once already
-            retry=Retry(max=retries, enqueue_at_front=True) if retries else None,
-            pipeline=p,
-        )
-        p.zadd(JOBS_INDEX, {job_id: now})
-        p.zremrangebyscore(JOBS_INDEX, 0, now - ttl)
-        p.publish(ENQUEUED_CHANNEL, queue_name)
-        try:
-            p.execute()
-        except redis.RedisError as e:
-            if not _exists_or_abandon(conn, job_id, e):
+        while True:
+            # if this fails, nothing of the job was sent
+            p.watch(ABANDONED_PREFIX + job_id, *(quotas.watched(owner.id) if limits else ()))
+            now = time.time()
+            if limits and not quotas.check(p, owner.id, limits, now):
+                continue  # it pruned ended jobs: read the use again
+            p.multi()
+            job = q.enqueue_call(
+                TASK,
+                kwargs=kwargs,
+                job_id=job_id,
+                timeout=-1,
+                result_ttl=ttl,
+                failure_ttl=ttl,
+                meta=meta,
+                # a lost job goes back to the head of the queue: it waited its turn once already
+                retry=Retry(max=retries, enqueue_at_front=True) if retries else None,
+                pipeline=p,
+            )
+            if settings.fair_share:
+                fairshare.enqueue(p, queue_name, job_id, owner.id, fairshare.weight_for(owner.groups, settings))
+            quotas.admit(p, owner.id, job_id, now, ttl)
+            p.zadd(JOBS_INDEX, {job_id: now})
+            p.zremrangebyscore(JOBS_INDEX, 0, now - ttl)
+            p.publish(ENQUEUED_CHANNEL, queue_name)
+            try:
+                p.execute()
+            except redis.WatchError:
+                if limits:  # another admission of this owner came first: check again
+                    continue
                 raise
-    return job
+            except redis.RedisError as e:
+                if not _exists_or_abandon(conn, job_id, e):
+                    raise
+            return job
+
+
+class _Backlogging(Queue):
+    """The queue as ``enqueue_run`` uses it with the fair share on: RQ saves the job as
+    queued, and ``fairshare.enqueue`` puts its id into the owner's backlog instead of the list."""
+
+    def push_job_id(self, job_id: str, pipeline=None, at_front: bool = False):
+        if at_front:  # not from enqueue_run; kept for completeness
+            super().push_job_id(job_id, pipeline=pipeline, at_front=at_front)
 
 
 # The job exists (1), or the submission is marked abandoned, which aborts its transaction
@@ -131,15 +185,19 @@ def _exists_or_abandon(conn: redis.Redis, job_id: str, error: redis.RedisError, 
 class QueueStats:
     """What scaling needs to know about one queue, read in one round trip."""
 
+    #: every waiting job: the queue's and the owners' backlogs (see ``backlogged``)
     queued: int
     running: int
     expired: int = 0
+    #: how many of ``queued`` wait in the fair share's backlogs
+    backlogged: int = 0
     #: busy worker name → job_id
     busy: dict[str, str] = field(default_factory=dict)
 
 
-# One round trip: queue length, live and expired entries of the started registry, and the
-# job each registered worker of the queue is running. A worker counts as busy only while its
+# One round trip: queue length, live and expired entries of the started registry, the
+# backlogs' sizes (the owners in KEYS[4], each backlog ARGV[3] .. owner), and the job each
+# registered worker of the queue is running. A worker counts as busy only while its
 # job's lease is live: a killed worker's hash (and its busy mark) outlives it by a few
 # leases, its lease does not. Registry members are "<job_id>:<execution_id>".
 _STATS = """
@@ -159,7 +217,9 @@ for _, wkey in ipairs(redis.call('SMEMBERS', KEYS[3])) do
     table.insert(busy, job)
   end
 end
-return {queued, #live, expired, busy}
+local backlogged = 0
+for _, o in ipairs(redis.call('SMEMBERS', KEYS[4])) do backlogged = backlogged + redis.call('ZCARD', ARGV[3] .. o) end
+return {queued, #live, expired, busy, backlogged}
 """
 
 WORKER_PREFIX = Worker.redis_worker_namespace_prefix
@@ -175,32 +235,52 @@ def _keys(queue_name: str) -> list[str]:
 
 
 def queue_stats(conn: redis.Redis, queue_name: str) -> QueueStats:
-    """Queued jobs, running jobs (live leases), expired leases and busy workers of a queue."""
-    queued, running, expired, busy = conn.eval(_STATS, 3, *_keys(queue_name), time.time(), BUSY_FIELD)
+    """Queued jobs (the queue's and the backlogs', whoever's), running jobs (live leases),
+    expired leases and busy workers of a queue."""
+    listed, running, expired, busy, backlogged = conn.eval(
+        _STATS, 4, *_keys(queue_name), BACKLOGGED.format(queue=queue_name),
+        time.time(), BUSY_FIELD, BACKLOG_PREFIX.format(queue=queue_name))
     pairs = dict(zip(busy[::2], busy[1::2]))
     return QueueStats(
-        queued=int(queued),
+        queued=waiting(int(listed), int(backlogged)),
         running=int(running),
         expired=int(expired),
         busy={_text(k)[len(WORKER_PREFIX):]: _text(v) for k, v in pairs.items()},
+        backlogged=int(backlogged),
     )
 
 
+def waiting(listed: int, backlogged: int) -> int:
+    """The jobs scaling counts as queued: those in the RQ queue and those in the backlogs
+    (a backlogged job needs a worker as much as a listed one)."""
+    return max(0, listed) + max(0, backlogged)
+
+
 def cancel_queued(conn: redis.Redis, job: Job, tries: int = 20) -> bool:
-    """Cancel ``job`` (RQ's cancel) if it still waits in its queue, in one transaction with
-    that check: True when canceled, False when it is not in the queue (a worker has taken it,
-    perhaps since the caller read it as queued: stop it instead; also after ``tries``
-    transactions that lost to a change of the queue, then the stop ends it when it is taken)."""
+    """Cancel ``job`` (RQ's cancel) if it still waits in its queue or its owner's backlog, in
+    one transaction with that check: True when canceled (its quota slot freed), False when it
+    waits in neither (a worker has taken it, perhaps since the caller read it as queued: stop
+    it instead; also after ``tries`` transactions that lost to a change of the queue, then
+    the stop ends it when it is taken)."""
+    from pipeq import fairshare, quotas
+
     q = get_queue(conn, job.origin)
+    owner = quotas.Owner.of(job.meta).id
+    backlog = fairshare.backlog_key(job.origin, owner)
     with conn.pipeline() as p:
         for _ in range(tries):
             try:
-                # a dequeue changes the queue (and the job, when the worker marks it started)
-                p.watch(q.key, job.key)
-                if p.lpos(q.key, job.id) is None:
+                # a dequeue changes the queue (and the job, when the worker marks it started);
+                # a feed changes the backlog
+                p.watch(q.key, job.key, backlog)
+                listed = p.lpos(q.key, job.id) is not None
+                if not listed and not fairshare.backlogged(p, job.origin, job.id, owner):
                     return False
                 p.multi()
+                if not listed:
+                    fairshare.withdraw(p, job.origin, job.id, owner)
                 job.cancel(pipeline=p)
+                quotas.release(p, owner, job.id)
                 p.execute()
                 return True
             except redis.WatchError:

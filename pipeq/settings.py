@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeq import scaling
@@ -25,6 +25,14 @@ def _default_pipeline() -> Path:
         if candidate.exists():
             return candidate
     return ROOT / "pipeline.sh"
+
+
+class QuotaOverride(BaseModel):
+    """A group's quotas (PIPEQ_QUOTA_GROUPS): a limit left out is the default's; null is none."""
+
+    model_config = ConfigDict(extra="forbid")
+    active_jobs: int | None = Field(None, ge=0)
+    submissions_per_minute: int | None = Field(None, ge=0)
 
 
 class Settings(BaseSettings):
@@ -48,6 +56,13 @@ class Settings(BaseSettings):
     presigned_upload_bytes: int = Field(64 * 1024**2, ge=0, description="With object storage: the web page uploads files larger than this straight to the store (POST /uploads, presigned URLs) instead of through the API.")
     s3_public_endpoint: str | None = Field(None, description="With object storage: the endpoint that presigned upload URLs name, when uploaders reach the store at another address than pipeq does (AWS_ENDPOINT_URL).")
     job_ttl: int = Field(7 * 24 * 3600, description="Seconds a finished, failed or canceled job is kept in Redis and listed.")
+
+    # Quotas and fair share (pipeq.quotas, pipeq.fairshare)
+    quota_active_jobs: int | None = Field(None, ge=0, description="Most active jobs (queued or running) one user may have; over it a submission gets 429. Unset: no limit. Admins are not capped.")
+    quota_submissions_per_minute: int | None = Field(None, ge=0, description="Most submissions one user may make in any 60 s; over it 429. Unset: no limit.")
+    quota_groups: dict[str, QuotaOverride] = Field(default_factory=dict, description='Quotas by group, JSON: `{"lab-a": {"active_jobs": 50, "submissions_per_minute": null}}` (null: no limit; a limit left out is the default). A user in several groups gets the most generous.')
+    fair_share: bool = Field(True, description="Workers take the next job from the backlogged user with the fewest running jobs per weight (docs/fair-share.md); false: one FIFO queue for everyone.")
+    fair_share_weights: dict[str, float] = Field(default_factory=dict, description='Fair-share weights by group, JSON: `{"lab-a": 2}` (a user in several groups gets the largest; others 1).')
 
     # Workers
     pipeline_timeout: int = Field(DEFAULT_PIPELINE_TIMEOUT, gt=0, description="Seconds a pipeline may run before its process group is killed.")
@@ -77,6 +92,8 @@ class Settings(BaseSettings):
     def _check(self) -> "Settings":
         if self.min_workers > self.max_workers:
             raise ValueError("PIPEQ_MIN_WORKERS must not exceed PIPEQ_MAX_WORKERS")
+        if any(not w > 0 for w in self.fair_share_weights.values()):
+            raise ValueError("PIPEQ_FAIR_SHARE_WEIGHTS: every weight must be more than 0")
         return self
 
 
@@ -95,7 +112,7 @@ def markdown_table() -> str:
     """The README's settings table, made from the model (a test keeps the README in step)."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, f in Settings.model_fields.items():
-        default = f.default if f.default_factory is None else "pipeline.sh beside the package"
+        default = f.default if f.default_factory is None else ("pipeline.sh beside the package" if name == "pipeline" else f.default_factory())
         if isinstance(default, Path):
             default = str(default)
         shown = "—" if default is None else f"`{default}`"

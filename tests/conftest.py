@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -82,9 +83,9 @@ def backend(request, settings, tmp_path, monkeypatch) -> Settings:
 def settings_env(settings: Settings, **extra) -> dict[str, str]:
     """The environment that gives a child process these settings."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    for name, value in settings.model_dump().items():
+    for name, value in settings.model_dump(mode="json").items():
         if value is not None:
-            env[f"PIPEQ_{name.upper()}"] = str(value)
+            env[f"PIPEQ_{name.upper()}"] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

@@ -17,6 +17,9 @@ a forked work horse would only add latency. What pipeq adds to RQ:
 - SIGTERM is a warm shutdown: the current job finishes, then the worker exits.
 - SIGINT (``pipeq dev`` on a Ctrl-C) is a stop now: a running attempt ends, its pipeline
   killed, and the job goes back to the queue (a retry spent, as for a lost worker).
+- the fair share's feed (``pipeq.fairshare``): after each dequeue, at each job's end (which
+  also frees the owner's quota slot) and with each maintenance, the worker moves the next
+  fair job from the owners' backlogs into the queue.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from rq.job import Job
 from rq.worker import WorkerStatus
 from rq.utils import now
 
+from pipeq import fairshare, quotas
 from pipeq.queue import BUSY_FIELD, cleaning, connect, reap_abandoned
 from pipeq.settings import Settings, get_settings
 from pipeq.storage import Unavailable
@@ -98,7 +102,22 @@ class PipeqWorker(SimpleWorker):
             with contextlib.suppress(redis.RedisError):
                 self.connection.hdel(self.key, BUSY_FIELD)
             self._running = None
+            with contextlib.suppress(redis.RedisError):  # both heal: the prunes, the next feed
+                self._ended(job, queue)
         self.set_state("idle")
+
+    def _ended(self, job: LeasedJob, queue: Queue) -> None:
+        """After an attempt: free the owner's quota slot if the job has ended (not after a
+        lost lease, nor when it was requeued), and feed the queue from the backlogs."""
+        fairshare.ended(self.connection, queue.name, job.id, quotas.Owner.of(job.meta).id)
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        if result is not None:
+            # the queue is one shorter: the next fair job takes the place (for the next worker)
+            with contextlib.suppress(redis.RedisError):
+                fairshare.feed(self.connection, result[1].name)
+        return result
 
     def _keep(self, job: LeasedJob, queue: Queue) -> None:
         """After each renewal of the lease: keep the busy mark, and requeue lost jobs (idle
@@ -106,6 +125,7 @@ class PipeqWorker(SimpleWorker):
         one)."""
         self._mark_busy(job)
         reap_abandoned(self.connection, queue.name)
+        fairshare.feed(self.connection, queue.name)
 
     def _mark_busy(self, job: LeasedJob) -> None:
         """Say in the worker's hash which job it runs, and keep the hash. RQ sets the hash's
@@ -233,6 +253,8 @@ class PipeqWorker(SimpleWorker):
     def run_maintenance_tasks(self):
         try:
             super().run_maintenance_tasks()
+            for q in self.queues:  # a feed missed (a worker killed between its dequeue and its feed)
+                fairshare.feed(self.connection, q.name)
         except TRANSIENT as e:
             log.warning("registry clean-up put off: %s", e)
             return

@@ -9,10 +9,12 @@ import redis
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from rq.job import Job
 
 from pipeq import jobs, queue
+from pipeq.quotas import QuotaExceeded
 from pipeq.api import uploads
 from pipeq.api.deps import get_redis, get_settings, get_store
 from pipeq.api.metrics import SUBMISSIONS
@@ -59,6 +61,8 @@ class RunPipelineReferences(BaseModel):
         413: {"description": "A file, or all files together, is larger than the server accepts."},
         415: {"description": "The body is not multipart/form-data."},
         422: {"description": "A file is not what it should be (the reason names the field and the problem)."},
+        429: {"model": jobs.OverQuota, "description": "Over the user's quota (active jobs or submissions per minute); "
+              "`Retry-After` says when to try again. Nothing was kept."},
         503: {"description": "Redis or the object store is unreachable; nothing was kept."},
         507: {"description": "The server cannot store the uploads (disk full); nothing was kept."},
     },
@@ -107,6 +111,8 @@ async def run_pipeline(
         # stay (inputs without a job are pruned later)
         if not isinstance(e, queue.EnqueueUncertain):
             await run_in_threadpool(staging.discard)
+        if isinstance(e, QuotaExceeded):
+            return _over_quota(e)
         if isinstance(e, Rejected):
             SUBMISSIONS.labels(outcome="rejected").inc()
             raise _refusal(e) from None
@@ -127,6 +133,8 @@ async def _run_references(request: Request, settings: Settings, conn: redis.Redi
         raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False, include_input=False)]) from None
     try:
         return await run_in_threadpool(_submit_references, settings, conn, job_id, given)
+    except QuotaExceeded as e:
+        return _over_quota(e)
     except Rejected as e:
         SUBMISSIONS.labels(outcome="rejected").inc()
         raise _refusal(e) from None
@@ -176,6 +184,13 @@ def _refusal(r: Rejected) -> HTTPException:
     return HTTPException(r.code, detail=f"{r.field}: {r.reason}" if r.field else r.reason)
 
 
+def _over_quota(e: QuotaExceeded) -> Response:
+    """429 with Retry-After, naming the limit and the use (the submission left nothing)."""
+    SUBMISSIONS.labels(outcome="over_quota").inc()
+    body = jobs.OverQuota(detail=str(e), limit=e.limit, allowed=e.allowed, current=e.current)
+    return JSONResponse(body.model_dump(), status_code=status.HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": str(e.retry_after)})
+
+
 def _no_storage(e: OSError) -> HTTPException:
     return HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, detail=f"the server cannot store the uploads: {e.strerror or e}")
 
@@ -192,7 +207,7 @@ def _submit(settings: Settings, conn: redis.Redis, job_id: str, parts: list[uplo
 
 
 def _enqueue(settings: Settings, conn: redis.Redis, job_id: str, kwargs: dict, meta: dict) -> Response:
-    queue.enqueue_run(conn, settings.queue, job_id, kwargs, meta=meta, retries=settings.retries, ttl=settings.job_ttl)
+    queue.enqueue_run(conn, settings.queue, job_id, kwargs, meta=meta, retries=settings.retries, ttl=settings.job_ttl, settings=settings)
     SUBMISSIONS.labels(outcome="accepted").inc()
     # the model's own JSON, as in job_status (response_model still gives the schema)
     submitted = jobs.Submitted(job_id=job_id, status_url=f"/job_status/{job_id}")
