@@ -16,6 +16,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FinishedJobRegistry
 from rq.results import Result
 
+from pipeq import keys
 from pipeq import queue as pq_queue
 
 TTL = 7 * 24 * 3600
@@ -71,7 +72,7 @@ def populate(conn: redis.Redis, queue: str, n: int, *, pipeq: bool, with_result:
         res_fields = []
     prefix = uuid.uuid4().hex[:24]
     clone = conn.register_script(_CLONE)
-    keys = [FinishedJobRegistry(queue, connection=conn).key, pq_queue.JOBS_INDEX if pipeq else ""]
+    keys = [FinishedJobRegistry(queue, connection=conn).key, keys.JOBS_INDEX if pipeq else ""]
     # the keys of a job id's hash and results, as RQ names them
     key_prefixes = [Job.key_for(""), Result.get_key("")]
     now = time.time()

@@ -16,23 +16,19 @@ from rq import Queue, Retry, Worker, worker_registration
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
+from pipeq import keys
+from pipeq.keys import ABANDONED_PREFIX, ENQUEUED_CHANNEL, JOBS_INDEX
+
 #: The queue of the API, the workers and a WorkerPool that name none.
 DEFAULT_QUEUE = "pipeline_tasks"
-#: Pub/sub channel on which every enqueue names its queue, in the enqueue's transaction: the
-#: operator's scalers wake on it instead of waiting for their next poll (a signal, not a
-#: source of truth: a subscriber that misses one still sees the job at that poll).
-ENQUEUED_CHANNEL = "pipeq:enqueued"
 #: How long a clean-up may hold the queue's cleaning lock (see ``cleaning``).
 CLEAN_LOCK_SECONDS = 10
 #: The field a pipeq worker sets in its RQ worker hash while it runs a job (value: job_id).
 BUSY_FIELD = "pipeq_job"
-#: Sorted set of every job, scored by enqueue time, for ``GET /jobs``.
-JOBS_INDEX = "pipeq:jobs"
 #: The task the workers run.
 TASK = "pipeq.worker.task.run_pipeline"
-#: Marks a submission given up after its enqueue went unanswered (see ``enqueue_run``); kept
-#: far longer than any stall during which the unanswered transaction could still arrive.
-ABANDONED_PREFIX = "pipeq:abandoned:"
+#: How long the mark of a submission given up after its enqueue went unanswered (see
+#: ``enqueue_run``) is kept: far longer than any stall during which the transaction could arrive.
 ABANDONED_TTL = 86400
 
 
@@ -82,7 +78,7 @@ def enqueue_run(
     # One transaction: the job, its place in the queue and in the index (RQ alone makes two
     # round trips, each an fsync with appendfsync always), after a WATCH of the abandoned mark.
     with conn.pipeline() as p:
-        p.watch(ABANDONED_PREFIX + job_id)  # if this fails, nothing of the job was sent
+        p.watch(keys.abandoned(job_id))  # if this fails, nothing of the job was sent
         p.multi()
         job = q.enqueue_call(
             TASK,
@@ -121,7 +117,7 @@ def _exists_or_abandon(conn: redis.Redis, job_id: str, error: redis.RedisError, 
     and now cannot; EnqueueUncertain if Redis does not answer ``tries`` times."""
     for _ in range(tries):
         try:
-            return bool(conn.eval(_ABANDON, 2, Job.key_for(job_id), ABANDONED_PREFIX + job_id, ABANDONED_TTL))
+            return bool(conn.eval(_ABANDON, 2, Job.key_for(job_id), keys.abandoned(job_id), ABANDONED_TTL))
         except redis.RedisError:
             continue
     raise EnqueueUncertain(f"Redis did not confirm the job or its absence ({type(error).__name__}: {error})") from error
@@ -211,11 +207,11 @@ def cancel_queued(conn: redis.Redis, job: Job, tries: int = 20) -> bool:
 def request_stop(conn: redis.Redis, job_id: str, ttl: int) -> None:
     """Record that ``job_id`` must stop. RQ's stop command reaches only a live worker; this
     mark also reaches the next attempt of a job whose worker died (see ``stop_requested``)."""
-    conn.set(f"pipeq:stop:{job_id}", 1, ex=ttl)
+    conn.set(keys.stop(job_id), 1, ex=ttl)
 
 
 def stop_requested(conn: redis.Redis, job_id: str) -> bool:
-    return bool(conn.exists(f"pipeq:stop:{job_id}"))
+    return bool(conn.exists(keys.stop(job_id)))
 
 
 @contextlib.contextmanager
@@ -227,7 +223,7 @@ def cleaning(conn: redis.Redis, queue_name: str) -> Iterator[bool]:
     dev``; RQ's maintenance in pipeq workers) runs under this lock. It expires after
     ``CLEAN_LOCK_SECONDS``, so a holder killed mid-way delays reaping by that much at most
     (RQ's own maintenance lock lasts 15 minutes)."""
-    lock = conn.lock(f"pipeq:cleaning:{queue_name}", timeout=CLEAN_LOCK_SECONDS, blocking=False)
+    lock = conn.lock(keys.cleaning(queue_name), timeout=CLEAN_LOCK_SECONDS, blocking=False)
     held = lock.acquire()
     try:
         yield bool(held)

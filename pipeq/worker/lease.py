@@ -42,12 +42,12 @@ from typing import TypeVar
 import redis
 from rq.job import Job
 
+from pipeq import keys
+
 log = logging.getLogger("pipeq.lease")
 
 #: Errors after which Redis may or may not have done what was asked: ask again.
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
-#: The key recording which attempt published a job's results.
-PUBLISHED_KEY = "pipeq:published:{0}"
 
 T = TypeVar("T")
 
@@ -108,7 +108,7 @@ class Lease:
         self.client, self.job_id, self.seconds = client, job.id, seconds
         self.registry_key = job.started_job_registry.key
         self.execution_key, self.member = execution_key, member
-        self.published_key = PUBLISHED_KEY.format(job.id)
+        self.published_key = keys.published(job.id)
         self.published_ttl = published_ttl
         self.expires_at = started_at + seconds
         self.lost = threading.Event()

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from rq.command import send_stop_job_command
 from rq.job import Job
 
-from pipeq import jobs, queue
+from pipeq import jobs, keys, queue
 from pipeq.api.deps import get_redis, get_settings, get_store
 from pipeq.api.routers.runs import job_or_404, status_of
 from pipeq.settings import Settings
@@ -29,13 +29,13 @@ def list_jobs(
     conn: redis.Redis = Depends(get_redis),
     settings: Settings = Depends(get_settings),
 ) -> jobs.JobList:
-    ids = [i.decode() for i in conn.zrevrange(queue.JOBS_INDEX, offset, offset + limit - 1)]
-    total = conn.zcard(queue.JOBS_INDEX)
+    ids = [i.decode() for i in conn.zrevrange(keys.JOBS_INDEX, offset, offset + limit - 1)]
+    total = conn.zcard(keys.JOBS_INDEX)
     found = [j for j in Job.fetch_many(ids, connection=conn) if j is not None]
     if len(found) < len(ids):
         # jobs expire from Redis on their own; drop them from the index as we notice
         gone = set(ids) - {j.id for j in found}
-        conn.zrem(queue.JOBS_INDEX, *gone)
+        conn.zrem(keys.JOBS_INDEX, *gone)
         total -= len(gone)
     return jobs.JobList(
         jobs=[jobs.to_status(j, with_result=False) for j in found], total=total, limit=limit, offset=offset
