@@ -15,9 +15,10 @@ import redis
 from rq import Queue, Retry, Worker, worker_registration
 from rq.job import Job
 from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
 
-from pipeq import keys
-from pipeq.keys import ABANDONED_PREFIX, ENQUEUED_CHANNEL, JOBS_INDEX
+from pipeq import keys, retry
+from pipeq.keys import ENQUEUED_CHANNEL, JOBS_INDEX
 
 #: The queue of the API, the workers and a WorkerPool that name none.
 DEFAULT_QUEUE = "pipeline_tasks"
@@ -25,8 +26,12 @@ DEFAULT_QUEUE = "pipeline_tasks"
 CLEAN_LOCK_SECONDS = 10
 #: The field a pipeq worker sets in its RQ worker hash while it runs a job (value: job_id).
 BUSY_FIELD = "pipeq_job"
-#: The task the workers run.
+#: The task the workers run, the only function a pipeq worker runs (``pipeq.worker.refusal``).
 TASK = "pipeq.worker.task.run_pipeline"
+#: How pipeq's jobs are written to Redis: JSON, so that what a client writes there is data,
+#: never code (RQ's default, pickle, runs what it loads). Every Queue, Job, registry and
+#: worker of pipeq's is made with it, through the helpers below.
+SERIALIZER = JSONSerializer
 #: How long the mark of a submission given up after its enqueue went unanswered (see
 #: ``enqueue_run``) is kept: far longer than any stall during which the transaction could arrive.
 ABANDONED_TTL = 86400
@@ -47,8 +52,54 @@ def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
     )
 
 
+class NotPipeqTask(Exception):
+    """A job names another function than pipeq's task (or an instance): it is not run, and
+    what it names is not imported. ``func_name`` is what it names."""
+
+    def __init__(self, func_name):
+        super().__init__(f"the job names {func_name!r}; pipeq runs only {TASK}")
+        self.func_name = func_name
+
+
+class PipeqJob(Job):
+    """RQ's job as pipeq reads and writes it: always JSON (whatever serializer RQ passes),
+    the function it runs is pipeq's task or nothing, and it has no callbacks or webhooks.
+    pipeq sets none of these; a job planted in Redis with one must not make a worker or a
+    clean-up (RQ's runs a failure callback) import, call or POST anything it names."""
+
+    def __init__(self, id: str | None = None, connection: redis.Redis | None = None, serializer=None):
+        super().__init__(id, connection=connection, serializer=SERIALIZER)
+
+    @property
+    def func(self):
+        if self.func_name != TASK or self.instance is not None:
+            raise NotPipeqTask(self.func_name)
+        return Job.func.fget(self)
+
+    success_callback = failure_callback = stopped_callback = property(lambda self: None)
+
+    def send_webhooks(self, status, *, exc_string: str | None = None) -> None:
+        return None
+
+
 def get_queue(conn: redis.Redis, name: str) -> Queue:
-    return Queue(name, connection=conn)
+    """RQ's queue ``name``, reading and writing pipeq's jobs (JSON, see PipeqJob)."""
+    return Queue(name, connection=conn, job_class=PipeqJob, serializer=SERIALIZER)
+
+
+def fetch_job(conn: redis.Redis, job_id: str) -> PipeqJob:
+    """The job ``job_id`` (NoSuchJobError when there is none)."""
+    return PipeqJob.fetch(job_id, connection=conn)
+
+
+def fetch_jobs(conn: redis.Redis, job_ids: list[str]) -> list[PipeqJob | None]:
+    """The jobs ``job_ids`` in one round trip (None for each that is gone)."""
+    return PipeqJob.fetch_many(job_ids, connection=conn)
+
+
+def started_registry(conn: redis.Redis, queue_name: str) -> StartedJobRegistry:
+    """The started registry (the running jobs' leases) of ``queue_name``."""
+    return StartedJobRegistry(queue_name, connection=conn, job_class=PipeqJob, serializer=SERIALIZER)
 
 
 def enqueue_run(
@@ -115,12 +166,10 @@ return 0
 def _exists_or_abandon(conn: redis.Redis, job_id: str, error: redis.RedisError, tries: int = 3) -> bool:
     """After an unanswered enqueue of ``job_id``: True if the job exists, False if it does not
     and now cannot; EnqueueUncertain if Redis does not answer ``tries`` times."""
-    for _ in range(tries):
-        try:
-            return bool(conn.eval(_ABANDON, 2, Job.key_for(job_id), keys.abandoned(job_id), ABANDONED_TTL))
-        except redis.RedisError:
-            continue
-    raise EnqueueUncertain(f"Redis did not confirm the job or its absence ({type(error).__name__}: {error})") from error
+    try:
+        return bool(retry.attempts(tries)(conn.eval, _ABANDON, 2, Job.key_for(job_id), keys.abandoned(job_id), ABANDONED_TTL))
+    except redis.RedisError:
+        raise EnqueueUncertain(f"Redis did not confirm the job or its absence ({type(error).__name__}: {error})") from error
 
 
 @dataclass
@@ -182,26 +231,22 @@ def queue_stats(conn: redis.Redis, queue_name: str) -> QueueStats:
     )
 
 
-def cancel_queued(conn: redis.Redis, job: Job, tries: int = 20) -> bool:
+def cancel_queued(conn: redis.Redis, job: Job) -> bool:
     """Cancel ``job`` (RQ's cancel) if it still waits in its queue, in one transaction with
     that check: True when canceled, False when it is not in the queue (a worker has taken it,
-    perhaps since the caller read it as queued: stop it instead; also after ``tries``
-    transactions that lost to a change of the queue, then the stop ends it when it is taken)."""
+    perhaps since the caller read it as queued: stop it instead)."""
     q = get_queue(conn, job.origin)
-    with conn.pipeline() as p:
-        for _ in range(tries):
-            try:
-                # a dequeue changes the queue (and the job, when the worker marks it started)
-                p.watch(q.key, job.key)
-                if p.lpos(q.key, job.id) is None:
-                    return False
-                p.multi()
-                job.cancel(pipeline=p)
-                p.execute()
-                return True
-            except redis.WatchError:
-                continue
-    return False
+
+    def cancel(p: redis.client.Pipeline) -> bool:
+        if p.lpos(q.key, job.id) is None:
+            return False
+        p.multi()
+        job.cancel(pipeline=p)
+        return True
+
+    # a dequeue changes the queue (and the job, when the worker marks it started): then the
+    # check and the cancel are tried again (redis-py's WATCH loop)
+    return conn.transaction(cancel, q.key, job.key, value_from_callable=True)
 
 
 def request_stop(conn: redis.Redis, job_id: str, ttl: int) -> None:
@@ -248,7 +293,7 @@ def reap_abandoned(conn: redis.Redis, queue_name: str) -> int:
     if expired:
         with cleaning(conn, queue_name) as mine:
             if mine:
-                StartedJobRegistry(queue_name, connection=conn).cleanup(now)
+                started_registry(conn, queue_name).cleanup(now)
     return int(expired)
 
 

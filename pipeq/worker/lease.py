@@ -42,12 +42,11 @@ from typing import TypeVar
 import redis
 from rq.job import Job
 
-from pipeq import keys
+from pipeq import keys, retry
+from pipeq.queue import PipeqJob
 
 log = logging.getLogger("pipeq.lease")
 
-#: Errors after which Redis may or may not have done what was asked: ask again.
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 
 T = TypeVar("T")
 
@@ -80,7 +79,7 @@ class LeaseLost(Exception):
     """Redis says another attempt owns the job now (or this one could not prove it owns it)."""
 
 
-class LeasedJob(Job):
+class LeasedJob(PipeqJob):
     """RQ's job as a pipeq worker runs it: with its lease and a stop request of its own."""
 
     lease: Lease | None = None
@@ -181,23 +180,25 @@ class Lease:
     # -- Redis calls of the attempt ----------------------------------------------------
 
     def retrying(self, call: Callable[..., T], *args, **kwargs) -> T:
-        """``call()``, retrying transient Redis errors while the lease lasts by its last
-        confirmed renewal; LeaseLost once it has run out (or was lost)."""
-        delay = 0.1
-        while True:
-            if self.lost.is_set():
-                raise LeaseLost(self.job_id)
-            try:
-                return call(*args, **kwargs)
-            except TRANSIENT as e:
-                left = self.expires_at - time.time()
-                if left <= 0:
-                    self._lose(f"Redis unreachable until the lease ran out ({e})")
-                    raise LeaseLost(self.job_id) from e
-                self.retries += 1
-                log.warning("job %s: transient Redis error, retrying within the lease (%.1f s left): %s", self.job_id, left, e)
-                time.sleep(min(delay, max(0.0, left)))
-                delay = min(delay * 2, 1.0)
+        """``call()``, retrying transient Redis errors (``pipeq.retry``) while the lease
+        lasts by its last confirmed renewal; LeaseLost once it has run out (or was lost)."""
+        return self.retrying_also((), call, *args, **kwargs)
+
+    def retrying_also(self, also: tuple[type[BaseException], ...], call: Callable[..., T], *args, **kwargs) -> T:
+        """:meth:`retrying`, retrying the errors ``also`` too (a check that is not true yet)."""
+        if self.lost.is_set():
+            raise LeaseLost(self.job_id)
+        try:
+            return retry.until(lambda: self.expires_at, given_up=self.lost.is_set, also=also,
+                               on_retry=self._retried)(call, *args, **kwargs)
+        except (*retry.REDIS_TRANSIENT, *also) as e:
+            self._lose(f"Redis unreachable until the lease ran out ({e})")
+            raise LeaseLost(self.job_id) from e
+
+    def _retried(self, state) -> None:
+        self.retries += 1
+        log.warning("job %s: transient Redis error, retrying within the lease (%.1f s left): %s",
+                    self.job_id, self.expires_at - time.time(), state.outcome.exception())
 
     def _lose(self, why: str) -> None:
         if not self.lost.is_set() and not self._done.is_set():
@@ -211,7 +212,7 @@ class Lease:
             try:
                 if not self.renew():
                     return
-            except TRANSIENT as e:
+            except retry.REDIS_TRANSIENT as e:
                 self.retries += 1
                 log.warning("job %s: lease not renewed (%s); %.1f s left", self.job_id, e, self.expires_at - time.time())
                 wait = min(period, 0.5)  # try again soon: the lease is running out

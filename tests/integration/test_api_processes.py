@@ -11,8 +11,8 @@ import time
 
 import httpx
 import pytest
-from rq import Queue
 
+from pipeq import queue
 from tests.conftest import ROOT, settings_env, wait_for
 from tests.support.pipelines import processes_matching
 
@@ -75,7 +75,7 @@ def test_two_processes_share_the_queue_and_a_killed_one_is_replaced(api_two, dat
         body = httpx.get(f"{url}/job_status/{job_id}", timeout=10).json()
         assert body["status"] == "queued"
         assert (settings.data_dir / "jobs" / job_id / "inputs").is_dir()
-    assert Queue(settings.queue, connection=conn).count == 6
+    assert queue.get_queue(conn, settings.queue).count == 6
 
     # a refused upload leaves nothing, whichever process took it
     r = httpx.post(url + "/run_pipeline", files=[("reads", ("r.fq", b"not a fastq\n")), ("reference", ("x.fa", b">x\nACGT\n"))], timeout=10)
@@ -99,6 +99,6 @@ def test_two_processes_share_the_queue_and_a_killed_one_is_replaced(api_two, dat
         if r.status_code == 202 or time.monotonic() > deadline:
             break
     assert r.status_code == 202, r.text
-    assert Queue(settings.queue, connection=conn).count == 7
+    assert queue.get_queue(conn, settings.queue).count == 7
     # a counter does not go back when its process dies
     assert 'pipeq_submissions_total{outcome="accepted"} 7.0' in httpx.get(url + "/metrics", timeout=10).text

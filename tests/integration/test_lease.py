@@ -10,9 +10,9 @@ import redis
 from rq.executions import Execution
 from rq.job import Job
 
-from pipeq.queue import connect
-from pipeq.redis_server import free_port
 from pipeq import keys
+from pipeq.queue import TASK, PipeqJob, connect
+from pipeq.redis_server import free_port
 from pipeq.worker.lease import Lease, LeaseLost, lease_client
 
 QUEUE = "pipeline_tasks"
@@ -27,7 +27,7 @@ def make_lease(client, job: Job, member: str, seconds: float = 5.0) -> Lease:
 
 @pytest.fixture
 def job(conn):
-    j = Job.create("pipeq.worker.task.run_pipeline", connection=conn, origin=QUEUE, id="j1")
+    j = PipeqJob.create(TASK, connection=conn, origin=QUEUE, id="j1")
     j.save()
     return j
 

@@ -11,8 +11,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from rq import Queue
-from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 
 from pipeq import queue
@@ -72,9 +70,9 @@ def test_failed_pipeline_reports_reason_and_is_not_retried(client, dataset, work
     assert s["error"]["reason"] == "pipeline failed" and s["error"]["exit_code"] == 5
     assert "something went wrong in stage two" in s["error"]["stderr_tail"]
     # not retried: RQ holds it as failed with no retries left, nothing is queued for it again
-    job = Job.fetch(job_id, connection=conn)
+    job = queue.fetch_job(conn, job_id)
     assert job.retries_left == 0 and job_id in FailedJobRegistry(settings.queue, connection=conn)
-    assert Queue(settings.queue, connection=conn).count == 0 and not ScheduledJobRegistry(settings.queue, connection=conn).get_job_ids()
+    assert queue.get_queue(conn, settings.queue).count == 0 and not ScheduledJobRegistry(settings.queue, connection=conn).get_job_ids()
     assert status(client, job_id)["attempt"] == 1
 
 

@@ -9,7 +9,6 @@ import redis
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from rq.command import send_stop_job_command
-from rq.job import Job
 
 from pipeq import jobs, keys, queue
 from pipeq.api.deps import get_redis, get_settings, get_store
@@ -31,7 +30,7 @@ def list_jobs(
 ) -> jobs.JobList:
     ids = [i.decode() for i in conn.zrevrange(keys.JOBS_INDEX, offset, offset + limit - 1)]
     total = conn.zcard(keys.JOBS_INDEX)
-    found = [j for j in Job.fetch_many(ids, connection=conn) if j is not None]
+    found = [j for j in queue.fetch_jobs(conn, ids) if j is not None]
     if len(found) < len(ids):
         # jobs expire from Redis on their own; drop them from the index as we notice
         gone = set(ids) - {j.id for j in found}
@@ -63,7 +62,7 @@ def cancel_job(
     # a worker may take the job between that read and the cancel: then it is stopped instead
     if current.status != "queued" or not queue.cancel_queued(conn, job):
         queue.request_stop(conn, job_id, settings.job_ttl)
-        send_stop_job_command(conn, job_id)
+        send_stop_job_command(conn, job_id, serializer=queue.SERIALIZER)
     return status_of(conn, job_id)
 
 
