@@ -182,6 +182,40 @@ def test_cancel_of_a_job_a_worker_takes_meanwhile_stops_it(client, dataset, work
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=5, what="the pipeline to be killed")
 
 
+def test_delete_in_the_instant_a_worker_takes_the_job_stops_it_and_answers_200(make_client, dataset, settings, use_pipeline,
+                                                                              tmp_path, monkeypatch):
+    """A worker has taken the job off the queue but not yet recorded itself on it (RQ sets
+    the job's worker only as the attempt starts): DELETE found it neither queued nor running
+    and answered 500 (RQ's "Job is not currently executing"), although the stop took effect.
+    Each DELETE here comes at one step of the take, with a 3 s stand-in pipeline."""
+    from pipeq.worker import PipeqWorker, task
+
+    use_pipeline(pipelines.SLEEPY)
+    monkeypatch.setenv("PIPEQ_TEST_SLEEP", "3")
+    monkeypatch.setattr(task, "get_settings", lambda: settings)
+    answers = []
+    with make_client(raise_server_exceptions=False) as client:
+        worker = PipeqWorker([settings.queue], connection=client.app.state.redis, name=f"take-{uuid.uuid4().hex[:6]}")
+        steps = {"execute_job": worker.execute_job, "prepare_execution": worker.prepare_execution,
+                 "perform_job": worker.perform_job}
+
+        def delete_then(step):
+            def run(job, *args, **kwargs):
+                r = client.delete(f"/jobs/{job.id}")
+                answers.append((step, r.status_code, r.text))
+                return steps[step](job, *args, **kwargs)
+            return run
+
+        for step in steps:
+            job_id = submit(client, dataset, sample=step)
+            setattr(worker, step, delete_then(step))
+            worker.work(burst=True)
+            delattr(worker, step)  # the worker's own step again
+            s = status(client, job_id)
+            assert s["status"] == "stopped" and s["error"]["reason"] == "stopped", (step, s)
+    assert [a[:2] for a in answers] == [(step, 200) for step in steps], answers
+
+
 def test_warm_shutdown_finishes_the_job(client, dataset, workers, use_pipeline, tmp_path):
     use_pipeline(pipelines.SLEEPY)
     trace = tmp_path / "trace"

@@ -9,6 +9,7 @@ import redis
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation
 
 from pipeq import jobs, keys, queue
 from pipeq.api.deps import get_redis, get_settings, get_store
@@ -62,7 +63,12 @@ def cancel_job(
     # a worker may take the job between that read and the cancel: then it is stopped instead
     if current.status != "queued" or not queue.cancel_queued(conn, job):
         queue.request_stop(conn, job_id, settings.job_ttl)
-        send_stop_job_command(conn, job_id, serializer=queue.SERIALIZER)
+        try:
+            send_stop_job_command(conn, job_id, serializer=queue.SERIALIZER)
+        except InvalidJobOperation:
+            # Taken off the queue, but its worker not recorded on it yet (that comes as the
+            # attempt starts): the attempt reads the stop mark just recorded, and ends at once.
+            pass
     return status_of(conn, job_id)
 
 
