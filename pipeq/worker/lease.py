@@ -206,6 +206,10 @@ class Lease:
         self.lost.set()
 
     def _renewals(self) -> None:
+        # Renewals keep to a clock of their own, one every ``seconds / 3`` from the last that
+        # Redis confirmed, whatever the work after each takes (``keep`` reaps, which may be
+        # slow on a loaded machine): so the lease never has less than about 2/3 of its length
+        # left, and a Redis restart shorter than that never costs the attempt its lease.
         period = self.seconds / 3
         wait = period
         while not self._done.wait(wait):
@@ -217,9 +221,10 @@ class Lease:
                 log.warning("job %s: lease not renewed (%s); %.1f s left", self.job_id, e, self.expires_at - time.time())
                 wait = min(period, 0.5)  # try again soon: the lease is running out
                 continue
-            wait = period
+            renewed = time.monotonic()
             if self._keep is not None:
                 try:
                     self._keep()
                 except redis.RedisError:
                     pass
+            wait = max(0.0, period - (time.monotonic() - renewed))
