@@ -104,9 +104,8 @@ class Rig:
 
     def drain(self, ids) -> None:
         """Cancel what still waits and wait for the running jobs to end."""
-        from rq.job import Job
 
-        for job in Job.fetch_many(list(ids), connection=self.conn):
+        for job in queue.fetch_jobs(self.conn, list(ids)):
             if job is not None and job.get_status().value == "queued":
                 queue.cancel_queued(self.conn, job)
         wait(lambda: queue.queue_stats(self.conn, Settings().queue).running == 0
@@ -244,14 +243,13 @@ def figure5(rig: Rig, n: int = 12, d: float = 3.0) -> dict:
     """Busy = holding a job: from the worker's start of it to its end (RQ's started_at and
     ended_at), over workers × the span; and, for information, the pipelines' own run time
     (the trace), which also leaves out the worker's per-job work (inputs, fork, publish)."""
-    from rq.job import Job
 
     out = {}
     for label, settings in (("fair share", Settings()), ("FIFO", Settings(fair_share=False))):
         with rig.workers(2, d):
             ids = [rig.submit("alice", settings) for _ in range(n)]
-            wait(lambda: all(j.get_status().value == "finished" for j in Job.fetch_many(ids, connection=rig.conn)), 60 + n * d, "every run ended")
-            jobs = Job.fetch_many(ids, connection=rig.conn)
+            wait(lambda: all(j.get_status().value == "finished" for j in queue.fetch_jobs(rig.conn, ids)), 60 + n * d, "every run ended")
+            jobs = queue.fetch_jobs(rig.conn, ids)
             held = [(j.started_at.timestamp(), j.ended_at.timestamp()) for j in jobs]
             window = max(e for _, e in held) - min(s for s, _ in held)
             spans = rig.spans()

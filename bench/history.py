@@ -16,6 +16,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FinishedJobRegistry
 from rq.results import Result
 
+from pipeq import keys
 from pipeq import queue as pq_queue
 
 TTL = 7 * 24 * 3600
@@ -51,7 +52,9 @@ def _template(conn: redis.Redis, queue: str, pipeq: bool) -> tuple[list, list]:
                 "stage": "done", "progress": 100, "error": None}
     else:
         func, kwargs, meta = "bench.baseline.tasks.run_pipeline", {"reads": ["/d/x/inputs/sim_R1.fq.gz", "/d/x/inputs/sim_R2.fq.gz"], "reference": "/d/x/inputs/sim.ref.fa", "outdir": "/d/x/output", "sample": "S1"}, {}
-    job = Job.create(func, kwargs=kwargs, connection=conn, origin=queue, result_ttl=TTL, failure_ttl=TTL, meta=meta, timeout=-1)
+    # pipeq's jobs are JSON (pq_queue.SERIALIZER); the baseline's are plain RQ's (pickle)
+    job = Job.create(func, kwargs=kwargs, connection=conn, origin=queue, result_ttl=TTL, failure_ttl=TTL, meta=meta, timeout=-1,
+                     serializer=pq_queue.SERIALIZER if pipeq else None)
     job.enqueued_at, job.started_at, job.ended_at = now - timedelta(seconds=400), now - timedelta(seconds=390), now - timedelta(seconds=10)
     job.set_status(JobStatus.FINISHED, pipeline=conn.pipeline())  # sets the attribute; the clone writes it
     mapping = job.to_dict()
@@ -71,11 +74,11 @@ def populate(conn: redis.Redis, queue: str, n: int, *, pipeq: bool, with_result:
         res_fields = []
     prefix = uuid.uuid4().hex[:24]
     clone = conn.register_script(_CLONE)
-    keys = [FinishedJobRegistry(queue, connection=conn).key, pq_queue.JOBS_INDEX if pipeq else ""]
+    targets = [FinishedJobRegistry(queue, connection=conn).key, keys.JOBS_INDEX if pipeq else ""]
     # the keys of a job id's hash and results, as RQ names them
     key_prefixes = [Job.key_for(""), Result.get_key("")]
     now = time.time()
     for first in range(0, n, batch):
         k = min(batch, n - first)
-        clone(keys=keys, args=[*key_prefixes, prefix, first, k, TTL, now, len(job_fields), len(res_fields), *job_fields, *res_fields])
+        clone(keys=targets, args=[*key_prefixes, prefix, first, k, TTL, now, len(job_fields), len(res_fields), *job_fields, *res_fields])
     return [f"{prefix}{i:08x}" for i in range(n)]

@@ -43,7 +43,6 @@ from pathlib import Path
 
 from kubernetes import config as kube_config
 from rq import Queue
-from rq.job import Job
 
 from bench.scale import ReplicaWatch, run_bursts, summarize
 from pipeq import queue
@@ -197,7 +196,7 @@ class Redis:
     def jobs(self, ids: list[str]) -> list[tuple[str, int]]:
         """(status, attempt) of each job."""
         out = []
-        for job in Job.fetch_many(ids, connection=self()):
+        for job in queue.fetch_jobs(self(), ids):
             out.append((job.get_status(refresh=False).value, int(job.meta.get("attempt") or 0)))
         return out
 

@@ -25,7 +25,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
-from rq import Queue
 from rq.job import Job
 
 from bench import harness, history
@@ -119,8 +118,8 @@ class Bench:
                 self.results.setdefault("submission", []).append({"history": level, "clients": 32, "think_ms": THINK_MS, **{n: [x.row() for x in v] for n, v in res.items()}})
                 rows_client.append([f"POST, 32 thinking clients, {level} past", *self.cpu_cells(res)])
                 more_processes = self.processes(rows_client)
-            queued = {n: [i.decode() for i in self.conn.lrange(Queue(self.sides[n].queue, connection=self.conn).key, -64, -1)] for n in ORDER}
-            qlen = {n: Queue(self.sides[n].queue, connection=self.conn).count for n in ORDER}
+            queued = {n: [i.decode() for i in self.conn.lrange(pq_queue.get_queue(self.conn, self.sides[n].queue).key, -64, -1)] for n in ORDER}
+            qlen = {n: pq_queue.get_queue(self.conn, self.sides[n].queue).count for n in ORDER}
             for kind, ids in (("finished", finished), ("queued", queued)):
                 res = self.alternate(lambda s: wrk(s.url + "/", connections=32, seconds=self.seconds,
                                                    env=self.ids_env(ids[s.name], "/job_status/"), server_pid=s.api.pid))

@@ -20,7 +20,7 @@ A job's position while backlogged is its place in the order the feed will serve
 (:func:`position`), assuming no job ends meanwhile.
 
 Contract: every function takes the queue's name; the owner is ``quotas.Owner.of(meta)``.
-Keys: ``queue.BACKLOG_PREFIX`` & co. Everything runs as one Lua script per call.
+Keys: ``keys.BACKLOG_PREFIX`` & co. Everything runs as one Lua script per call.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from pipeq.queue import ARRIVALS, BACKLOG_PREFIX, BACKLOGGED, DISPATCHED_PREFIX, FED, WEIGHTS
+from pipeq.keys import ARRIVALS, BACKLOG_PREFIX, BACKLOGGED, DISPATCHED_PREFIX, FED, WEIGHTS
 
 #: Jobs the feed keeps in the RQ queue: one, ready for the next worker that frees. More
 #: would decide the order earlier than needed; the next feed comes with the dequeue.

@@ -11,6 +11,8 @@ from rq import Queue
 from rq.job import Job
 from rq.results import Result
 
+from pipeq.queue import PipeqJob
+
 Status = Literal["queued", "started", "finished", "failed", "canceled", "stopped"]
 FINAL = {"finished", "failed", "canceled", "stopped"}
 
@@ -167,7 +169,7 @@ def fetch_for_status(conn: redis.Redis, job_id: str) -> tuple[Job, int | None] |
     if not got:
         return None
     raw, extra = got
-    job = Job(job_id, connection=conn)
+    job = PipeqJob(job_id, connection=conn)
     job.restore(dict(zip(raw[::2], raw[1::2])))
     position = None
     if isinstance(extra, int):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import redis
 
-KEY = "pipeq:metrics:pipeline_seconds"
+from pipeq.keys import PIPELINE_SECONDS
+
 BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600)
 
 
@@ -18,9 +19,9 @@ def record_duration(conn: redis.Redis, seconds: float, outcome: str) -> None:
         with conn.pipeline(transaction=False) as p:
             for le in BUCKETS:
                 if seconds <= le:
-                    p.hincrby(KEY, f"{outcome}:le:{le}", 1)
-            p.hincrby(KEY, f"{outcome}:le:+Inf", 1)
-            p.hincrbyfloat(KEY, f"{outcome}:sum", seconds)
+                    p.hincrby(PIPELINE_SECONDS, f"{outcome}:le:{le}", 1)
+            p.hincrby(PIPELINE_SECONDS, f"{outcome}:le:+Inf", 1)
+            p.hincrbyfloat(PIPELINE_SECONDS, f"{outcome}:sum", seconds)
             p.execute()
     except redis.RedisError:
         pass
@@ -29,7 +30,7 @@ def record_duration(conn: redis.Redis, seconds: float, outcome: str) -> None:
 def read_durations(conn: redis.Redis) -> dict[str, dict[str, float]]:
     """``{outcome: {"le:<b>": count, ..., "sum": seconds}}`` as stored."""
     out: dict[str, dict[str, float]] = {}
-    for k, v in conn.hgetall(KEY).items():
+    for k, v in conn.hgetall(PIPELINE_SECONDS).items():
         outcome, rest = k.decode().split(":", 1)
         out.setdefault(outcome, {})[rest] = float(v)
     return out

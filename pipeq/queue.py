@@ -15,44 +15,27 @@ import redis
 from rq import Queue, Retry, Worker, worker_registration
 from rq.job import Job
 from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from pipeq import keys, retry
+from pipeq.keys import ENQUEUED_CHANNEL, JOBS_INDEX
 
 #: The queue of the API, the workers and a WorkerPool that name none.
 DEFAULT_QUEUE = "pipeline_tasks"
-#: Pub/sub channel on which every enqueue names its queue, in the enqueue's transaction: the
-#: operator's scalers wake on it instead of waiting for their next poll (a signal, not a
-#: source of truth: a subscriber that misses one still sees the job at that poll).
-ENQUEUED_CHANNEL = "pipeq:enqueued"
 #: How long a clean-up may hold the queue's cleaning lock (see ``cleaning``).
 CLEAN_LOCK_SECONDS = 10
 #: The field a pipeq worker sets in its RQ worker hash while it runs a job (value: job_id).
 BUSY_FIELD = "pipeq_job"
-#: Sorted set of every job, scored by enqueue time, for ``GET /jobs``.
-JOBS_INDEX = "pipeq:jobs"
-#: The task the workers run.
+#: The task the workers run, the only function a pipeq worker runs (``pipeq.worker.refusal``).
 TASK = "pipeq.worker.task.run_pipeline"
-#: Marks a submission given up after its enqueue went unanswered (see ``enqueue_run``); kept
-#: far longer than any stall during which the unanswered transaction could still arrive.
-ABANDONED_PREFIX = "pipeq:abandoned:"
+#: How pipeq's jobs are written to Redis: JSON, so that what a client writes there is data,
+#: never code (RQ's default, pickle, runs what it loads). Every Queue, Job, registry and
+#: worker of pipeq's is made with it, through the helpers below.
+SERIALIZER = JSONSerializer
+#: How long the mark of a submission given up after its enqueue went unanswered (see
+#: ``enqueue_run``) is kept: far longer than any stall during which the transaction could arrive.
 ABANDONED_TTL = 86400
 
-# Quotas and fair share (issue 22: pipeq.quotas, pipeq.fairshare). An owner is the job's
-# meta["owner"] (a principal's id); these prefixes are followed by it.
-#: set of the owner's active job ids (backlogged, queued or running), pruned of ended ones
-ACTIVE_PREFIX = "pipeq:active:"
-#: sorted set of the owner's admitted job ids by admission time, kept for the last minute
-SUBMITTED_PREFIX = "pipeq:submitted:"
-#: per queue: sorted set of the owner's job ids waiting for their turn, by arrival sequence
-BACKLOG_PREFIX = "pipeq:backlog:{queue}:"
-#: per queue: set of the owners that have a backlog
-BACKLOGGED = "pipeq:backlogged:{queue}"
-#: per queue: set of the owner's job ids moved from the backlog into the queue, not ended
-DISPATCHED_PREFIX = "pipeq:dispatched:{queue}:"
-#: per queue: hash owner → fair-share weight (recorded at each enqueue)
-WEIGHTS = "pipeq:weights:{queue}"
-#: per queue: the arrival counter that orders the backlogs
-ARRIVALS = "pipeq:arrivals:{queue}"
-#: per queue: hash job id → "arrival|owner" of the jobs the feed put into the queue
-FED = "pipeq:fed:{queue}"
 
 
 class EnqueueUncertain(redis.RedisError):
@@ -70,8 +53,54 @@ def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
     )
 
 
+class NotPipeqTask(Exception):
+    """A job names another function than pipeq's task (or an instance): it is not run, and
+    what it names is not imported. ``func_name`` is what it names."""
+
+    def __init__(self, func_name):
+        super().__init__(f"the job names {func_name!r}; pipeq runs only {TASK}")
+        self.func_name = func_name
+
+
+class PipeqJob(Job):
+    """RQ's job as pipeq reads and writes it: always JSON (whatever serializer RQ passes),
+    the function it runs is pipeq's task or nothing, and it has no callbacks or webhooks.
+    pipeq sets none of these; a job planted in Redis with one must not make a worker or a
+    clean-up (RQ's runs a failure callback) import, call or POST anything it names."""
+
+    def __init__(self, id: str | None = None, connection: redis.Redis | None = None, serializer=None):
+        super().__init__(id, connection=connection, serializer=SERIALIZER)
+
+    @property
+    def func(self):
+        if self.func_name != TASK or self.instance is not None:
+            raise NotPipeqTask(self.func_name)
+        return Job.func.fget(self)
+
+    success_callback = failure_callback = stopped_callback = property(lambda self: None)
+
+    def send_webhooks(self, status, *, exc_string: str | None = None) -> None:
+        return None
+
+
 def get_queue(conn: redis.Redis, name: str) -> Queue:
-    return Queue(name, connection=conn)
+    """RQ's queue ``name``, reading and writing pipeq's jobs (JSON, see PipeqJob)."""
+    return Queue(name, connection=conn, job_class=PipeqJob, serializer=SERIALIZER)
+
+
+def fetch_job(conn: redis.Redis, job_id: str) -> PipeqJob:
+    """The job ``job_id`` (NoSuchJobError when there is none)."""
+    return PipeqJob.fetch(job_id, connection=conn)
+
+
+def fetch_jobs(conn: redis.Redis, job_ids: list[str]) -> list[PipeqJob | None]:
+    """The jobs ``job_ids`` in one round trip (None for each that is gone)."""
+    return PipeqJob.fetch_many(job_ids, connection=conn)
+
+
+def started_registry(conn: redis.Redis, queue_name: str) -> StartedJobRegistry:
+    """The started registry (the running jobs' leases) of ``queue_name``."""
+    return StartedJobRegistry(queue_name, connection=conn, job_class=PipeqJob, serializer=SERIALIZER)
 
 
 def enqueue_run(
@@ -110,14 +139,14 @@ def enqueue_run(
         settings = get_settings()
     owner = quotas.Owner.of(meta)
     limits = quotas.limits_for(owner.groups, owner.admin, settings)
-    q = (_Backlogging if settings.fair_share else Queue)(queue_name, connection=conn)
+    q = (_Backlogging if settings.fair_share else Queue)(queue_name, connection=conn, job_class=PipeqJob, serializer=SERIALIZER)
     # One transaction: the job, its place in the queue (or backlog) and in the index, its
     # owner's quota use (RQ alone makes two round trips, each an fsync with appendfsync
     # always), after a WATCH of the abandoned mark and of the owner's use when it is capped.
     with conn.pipeline() as p:
         while True:
             # if this fails, nothing of the job was sent
-            p.watch(ABANDONED_PREFIX + job_id, *(quotas.watched(owner.id) if limits else ()))
+            p.watch(keys.abandoned(job_id), *(quotas.watched(owner.id) if limits else ()))
             now = time.time()
             if limits and not quotas.check(p, owner.id, limits, now):
                 continue  # it pruned ended jobs: read the use again
@@ -173,12 +202,10 @@ return 0
 def _exists_or_abandon(conn: redis.Redis, job_id: str, error: redis.RedisError, tries: int = 3) -> bool:
     """After an unanswered enqueue of ``job_id``: True if the job exists, False if it does not
     and now cannot; EnqueueUncertain if Redis does not answer ``tries`` times."""
-    for _ in range(tries):
-        try:
-            return bool(conn.eval(_ABANDON, 2, Job.key_for(job_id), ABANDONED_PREFIX + job_id, ABANDONED_TTL))
-        except redis.RedisError:
-            continue
-    raise EnqueueUncertain(f"Redis did not confirm the job or its absence ({type(error).__name__}: {error})") from error
+    try:
+        return bool(retry.attempts(tries)(conn.eval, _ABANDON, 2, Job.key_for(job_id), keys.abandoned(job_id), ABANDONED_TTL))
+    except redis.RedisError:
+        raise EnqueueUncertain(f"Redis did not confirm the job or its absence ({type(error).__name__}: {error})") from error
 
 
 @dataclass
@@ -256,46 +283,41 @@ def waiting(listed: int, backlogged: int) -> int:
     return max(0, listed) + max(0, backlogged)
 
 
-def cancel_queued(conn: redis.Redis, job: Job, tries: int = 20) -> bool:
+def cancel_queued(conn: redis.Redis, job: Job) -> bool:
     """Cancel ``job`` (RQ's cancel) if it still waits in its queue or its owner's backlog, in
     one transaction with that check: True when canceled (its quota slot freed), False when it
     waits in neither (a worker has taken it, perhaps since the caller read it as queued: stop
-    it instead; also after ``tries`` transactions that lost to a change of the queue, then
-    the stop ends it when it is taken)."""
+    it instead)."""
     from pipeq import fairshare, quotas
 
     q = get_queue(conn, job.origin)
     owner = quotas.Owner.of(job.meta).id
     backlog = fairshare.backlog_key(job.origin, owner)
-    with conn.pipeline() as p:
-        for _ in range(tries):
-            try:
-                # a dequeue changes the queue (and the job, when the worker marks it started);
-                # a feed changes the backlog
-                p.watch(q.key, job.key, backlog)
-                listed = p.lpos(q.key, job.id) is not None
-                if not listed and not fairshare.backlogged(p, job.origin, job.id, owner):
-                    return False
-                p.multi()
-                if not listed:
-                    fairshare.withdraw(p, job.origin, job.id, owner)
-                job.cancel(pipeline=p)
-                quotas.release(p, owner, job.id)
-                p.execute()
-                return True
-            except redis.WatchError:
-                continue
-    return False
+
+    def cancel(p: redis.client.Pipeline) -> bool:
+        listed = p.lpos(q.key, job.id) is not None
+        if not listed and not fairshare.backlogged(p, job.origin, job.id, owner):
+            return False
+        p.multi()
+        if not listed:
+            fairshare.withdraw(p, job.origin, job.id, owner)
+        job.cancel(pipeline=p)
+        quotas.release(p, owner, job.id)
+        return True
+
+    # a dequeue changes the queue (and the job, when the worker marks it started), a feed
+    # the backlog: then the check and the cancel are tried again (redis-py's WATCH loop)
+    return conn.transaction(cancel, q.key, job.key, backlog, value_from_callable=True)
 
 
 def request_stop(conn: redis.Redis, job_id: str, ttl: int) -> None:
     """Record that ``job_id`` must stop. RQ's stop command reaches only a live worker; this
     mark also reaches the next attempt of a job whose worker died (see ``stop_requested``)."""
-    conn.set(f"pipeq:stop:{job_id}", 1, ex=ttl)
+    conn.set(keys.stop(job_id), 1, ex=ttl)
 
 
 def stop_requested(conn: redis.Redis, job_id: str) -> bool:
-    return bool(conn.exists(f"pipeq:stop:{job_id}"))
+    return bool(conn.exists(keys.stop(job_id)))
 
 
 @contextlib.contextmanager
@@ -307,7 +329,7 @@ def cleaning(conn: redis.Redis, queue_name: str) -> Iterator[bool]:
     dev``; RQ's maintenance in pipeq workers) runs under this lock. It expires after
     ``CLEAN_LOCK_SECONDS``, so a holder killed mid-way delays reaping by that much at most
     (RQ's own maintenance lock lasts 15 minutes)."""
-    lock = conn.lock(f"pipeq:cleaning:{queue_name}", timeout=CLEAN_LOCK_SECONDS, blocking=False)
+    lock = conn.lock(keys.cleaning(queue_name), timeout=CLEAN_LOCK_SECONDS, blocking=False)
     held = lock.acquire()
     try:
         yield bool(held)
@@ -332,7 +354,7 @@ def reap_abandoned(conn: redis.Redis, queue_name: str) -> int:
     if expired:
         with cleaning(conn, queue_name) as mine:
             if mine:
-                StartedJobRegistry(queue_name, connection=conn).cleanup(now)
+                started_registry(conn, queue_name).cleanup(now)
     return int(expired)
 
 

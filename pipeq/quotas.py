@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import redis
 from rq.job import Job
 
-from pipeq.queue import ACTIVE_PREFIX, SUBMITTED_PREFIX
+from pipeq.keys import ACTIVE_PREFIX, SUBMITTED_PREFIX
 
 ANONYMOUS = "anonymous"
 WINDOW = 60

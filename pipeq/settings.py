@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     worker_name: str | None = Field(None, description="RQ worker name; defaults to the pod name (HOSTNAME) on Kubernetes.")
     scratch_dir: Path = Field(Path("/tmp/pipeq-scratch"), description="With object storage: local folder where a worker copies a job's inputs and runs it (freed after every attempt).")
     log_upload_interval: float = Field(5.0, gt=0, description="With object storage: seconds between uploads of a running job's log.")
+    storage_retry_seconds: float = Field(120.0, ge=0, description="Seconds a worker retries a step that meets the job store unreachable (with a backoff) before the attempt ends and the job is retried, spending one of its PIPEQ_RETRIES; a store that refuses a request fails the job at once.")
     maintenance_interval: int = Field(5, ge=1, description="Seconds between a worker's registry clean-ups (which requeue abandoned jobs).")
 
     # pipeq dev: local autoscaled workers

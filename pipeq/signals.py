@@ -1,7 +1,7 @@
 """Enqueue signals: an autoscaler (the operator's pool scalers, `pipeq dev`'s supervisor) wakes
 the moment a job enters its queue.
 
-``pipeq.queue.enqueue_run`` publishes the queue's name on ``queue.ENQUEUED_CHANNEL`` in the
+``pipeq.queue.enqueue_run`` publishes the queue's name on ``keys.ENQUEUED_CHANNEL`` in the
 enqueue's own transaction. Here one subscriber thread per Redis URL (not per pool: every
 pool on that Redis shares it) sets the ``threading.Event`` of each pool of that queue.
 
@@ -19,7 +19,7 @@ from collections import defaultdict
 
 import redis
 
-from pipeq import queue
+from pipeq import keys, queue
 
 #: seconds between attempts to reach a Redis that does not answer
 RECONNECT_SECONDS = 1.0
@@ -54,7 +54,7 @@ class Subscriber:
             conn = queue.connect(self.url, timeout=10.0)
             pubsub = conn.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(queue.ENQUEUED_CHANNEL)
+                pubsub.subscribe(keys.ENQUEUED_CHANNEL)
                 self._wake(None)  # whatever was enqueued while we were not subscribed
                 while not self._empty():
                     msg = pubsub.get_message(timeout=IDLE_CHECK_SECONDS)

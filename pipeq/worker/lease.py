@@ -42,12 +42,11 @@ from typing import TypeVar
 import redis
 from rq.job import Job
 
+from pipeq import keys, retry
+from pipeq.queue import PipeqJob
+
 log = logging.getLogger("pipeq.lease")
 
-#: Errors after which Redis may or may not have done what was asked: ask again.
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
-#: The key recording which attempt published a job's results.
-PUBLISHED_KEY = "pipeq:published:{0}"
 
 T = TypeVar("T")
 
@@ -80,7 +79,7 @@ class LeaseLost(Exception):
     """Redis says another attempt owns the job now (or this one could not prove it owns it)."""
 
 
-class LeasedJob(Job):
+class LeasedJob(PipeqJob):
     """RQ's job as a pipeq worker runs it: with its lease and a stop request of its own."""
 
     lease: Lease | None = None
@@ -108,7 +107,7 @@ class Lease:
         self.client, self.job_id, self.seconds = client, job.id, seconds
         self.registry_key = job.started_job_registry.key
         self.execution_key, self.member = execution_key, member
-        self.published_key = PUBLISHED_KEY.format(job.id)
+        self.published_key = keys.published(job.id)
         self.published_ttl = published_ttl
         self.expires_at = started_at + seconds
         self.lost = threading.Event()
@@ -181,23 +180,25 @@ class Lease:
     # -- Redis calls of the attempt ----------------------------------------------------
 
     def retrying(self, call: Callable[..., T], *args, **kwargs) -> T:
-        """``call()``, retrying transient Redis errors while the lease lasts by its last
-        confirmed renewal; LeaseLost once it has run out (or was lost)."""
-        delay = 0.1
-        while True:
-            if self.lost.is_set():
-                raise LeaseLost(self.job_id)
-            try:
-                return call(*args, **kwargs)
-            except TRANSIENT as e:
-                left = self.expires_at - time.time()
-                if left <= 0:
-                    self._lose(f"Redis unreachable until the lease ran out ({e})")
-                    raise LeaseLost(self.job_id) from e
-                self.retries += 1
-                log.warning("job %s: transient Redis error, retrying within the lease (%.1f s left): %s", self.job_id, left, e)
-                time.sleep(min(delay, max(0.0, left)))
-                delay = min(delay * 2, 1.0)
+        """``call()``, retrying transient Redis errors (``pipeq.retry``) while the lease
+        lasts by its last confirmed renewal; LeaseLost once it has run out (or was lost)."""
+        return self.retrying_also((), call, *args, **kwargs)
+
+    def retrying_also(self, also: tuple[type[BaseException], ...], call: Callable[..., T], *args, **kwargs) -> T:
+        """:meth:`retrying`, retrying the errors ``also`` too (a check that is not true yet)."""
+        if self.lost.is_set():
+            raise LeaseLost(self.job_id)
+        try:
+            return retry.until(lambda: self.expires_at, given_up=self.lost.is_set, also=also,
+                               on_retry=self._retried)(call, *args, **kwargs)
+        except (*retry.REDIS_TRANSIENT, *also) as e:
+            self._lose(f"Redis unreachable until the lease ran out ({e})")
+            raise LeaseLost(self.job_id) from e
+
+    def _retried(self, state) -> None:
+        self.retries += 1
+        log.warning("job %s: transient Redis error, retrying within the lease (%.1f s left): %s",
+                    self.job_id, self.expires_at - time.time(), state.outcome.exception())
 
     def _lose(self, why: str) -> None:
         if not self.lost.is_set() and not self._done.is_set():
@@ -205,20 +206,25 @@ class Lease:
         self.lost.set()
 
     def _renewals(self) -> None:
+        # Renewals keep to a clock of their own, one every ``seconds / 3`` from the last that
+        # Redis confirmed, whatever the work after each takes (``keep`` reaps, which may be
+        # slow on a loaded machine): so the lease never has less than about 2/3 of its length
+        # left, and a Redis restart shorter than that never costs the attempt its lease.
         period = self.seconds / 3
         wait = period
         while not self._done.wait(wait):
             try:
                 if not self.renew():
                     return
-            except TRANSIENT as e:
+            except retry.REDIS_TRANSIENT as e:
                 self.retries += 1
                 log.warning("job %s: lease not renewed (%s); %.1f s left", self.job_id, e, self.expires_at - time.time())
                 wait = min(period, 0.5)  # try again soon: the lease is running out
                 continue
-            wait = period
+            renewed = time.monotonic()
             if self._keep is not None:
                 try:
                     self._keep()
                 except redis.RedisError:
                     pass
+            wait = max(0.0, period - (time.monotonic() - renewed))

@@ -20,6 +20,8 @@ a forked work horse would only add latency. What pipeq adds to RQ:
 - the fair share's feed (``pipeq.fairshare``): after each dequeue, at each job's end (which
   also frees the owner's quota slot) and with each maintenance, the worker moves the next
   fair job from the owners' backlogs into the queue.
+- jobs are JSON and only pipeq's task runs (``refusal.py``): any other job is failed as
+  ``refused job`` before anything it names is imported, and the worker takes the next one.
 """
 
 from __future__ import annotations
@@ -35,16 +37,17 @@ from collections.abc import Callable
 
 import redis
 from rq import Queue, SimpleWorker
-from rq.job import Job
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
+from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
-from rq.utils import now
 
-from pipeq import fairshare, quotas
-from pipeq.queue import BUSY_FIELD, cleaning, connect, reap_abandoned
+from pipeq import fairshare, quotas, retry
+from pipeq.queue import BUSY_FIELD, SERIALIZER, cleaning, connect, reap_abandoned
 from pipeq.settings import Settings, get_settings
 from pipeq.storage import Unavailable
-from pipeq.worker import task
-from pipeq.worker.lease import TRANSIENT, Lease, LeasedJob, LeaseLost, lease_client
+from pipeq.worker import refusal, task
+from pipeq.worker.lease import Lease, LeasedJob, LeaseLost, lease_client
 from pipeq.worker.starting import hold_stop_signals
 
 log = logging.getLogger("pipeq.worker")
@@ -66,6 +69,10 @@ class PipeqWorker(SimpleWorker):
     # instead of scanning every job folder first
     _last_pruned = 0.0
 
+    def __init__(self, *args, **kwargs):
+        # pipeq's jobs are JSON, whatever a caller asks (see queue.PipeqJob)
+        super().__init__(*args, **dict(kwargs, serializer=SERIALIZER))
+
     @property
     def dequeue_timeout(self) -> int:
         # RQ blocks in BLPOP for minutes by default and runs its maintenance only between
@@ -82,6 +89,10 @@ class PipeqWorker(SimpleWorker):
         return self.lease_seconds
 
     def execute_job(self, job: LeasedJob, queue: Queue):
+        why = refusal.refusal(job)
+        if why is not None:
+            self._refuse(job.id, queue, why)
+            return
         started_at = time.time()
         # the stop request of this attempt only: a stop that comes at any moment stays
         job.stop, self._running = threading.Event(), job
@@ -112,12 +123,41 @@ class PipeqWorker(SimpleWorker):
         fairshare.ended(self.connection, queue.name, job.id, quotas.Owner.of(job.meta).id)
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
-        result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        # A job hash RQ cannot even read (a planted one) raises out of RQ's dequeue, and RQ's
+        # work loop then quits: fail that job instead, and take the next one.
+        while True:
+            try:
+                result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+                break
+            except redis.RedisError:
+                raise
+            except Exception as e:
+                if getattr(e, "job_id", None) is None or getattr(e, "queue", None) is None:
+                    raise
+                self._refuse(e.job_id, e.queue, f"the job cannot be read ({type(e).__name__}: {e})"[:500])
         if result is not None:
             # the queue is one shorter: the next fair job takes the place (for the next worker)
             with contextlib.suppress(redis.RedisError):
                 fairshare.feed(self.connection, result[1].name)
         return result
+
+    def _refuse(self, job_id: str, queue: Queue, why: str) -> None:
+        """Fail ``job_id`` as a refused job without running or importing anything of it
+        (see refusal.py): its status, error and end written as RQ would, no retry spent."""
+        log.error("job %s refused: %s", job_id, why)
+        error = {"reason": refusal.REASON, "message": why, "exit_code": None, "stderr_tail": ""}
+        ttl = get_settings().job_ttl
+        key = Job.key_for(job_id)
+        with self.connection.pipeline() as p:
+            p.lrem(queue.intermediate_queue_key, 1, job_id)
+            p.hset(key, mapping={"status": JobStatus.FAILED.value, "meta": SERIALIZER.dumps({"error": error}),
+                                 "ended_at": utcformat(now()), "retries_left": 0, "worker_name": self.name})
+            p.expire(key, ttl)
+            p.zadd(FailedJobRegistry(queue.name, connection=self.connection).key, {job_id: time.time() + ttl})
+            try:
+                p.execute()
+            except redis.ResponseError as e:  # not even a hash: out of the queue is all there is to do
+                log.error("job %s: its refusal not recorded: %s", job_id, e)
 
     def _keep(self, job: LeasedJob, queue: Queue) -> None:
         """After each renewal of the lease: keep the busy mark, and requeue lost jobs (idle
@@ -153,22 +193,26 @@ class PipeqWorker(SimpleWorker):
 
     def _settle(self, job: LeasedJob, execution, record: Callable[[], None]) -> None:
         # RQ removes the attempt's entry from the started registry in the same transaction
-        # as the rest: while it is there, the end of the job is not recorded yet.
+        # as the rest: while it is there, the end of the job is not recorded yet (RQ logs a
+        # failed transaction and returns, so the entry is what tells).
         lease = job.lease
         if lease is None:
             record()
             return
-        while True:
-            with contextlib.suppress(*TRANSIENT):
+
+        def recorded() -> None:
+            with contextlib.suppress(*retry.REDIS_TRANSIENT):
                 record()
-            try:
-                if lease.retrying(self.connection.zscore, lease.registry_key, lease.member) is None:
-                    lease.release()
-                    return
-            except LeaseLost:
-                log.error("job %s: its end could not be recorded before the lease ran out; "
-                          "the next attempt takes it over (and reuses published results)", job.id)
-                return
+            if self.connection.zscore(lease.registry_key, lease.member) is not None:
+                raise _NotRecorded(job.id)
+
+        try:
+            lease.retrying_also((_NotRecorded,), recorded)
+        except LeaseLost:
+            log.error("job %s: its end could not be recorded before the lease ran out; "
+                      "the next attempt takes it over (and reuses published results)", job.id)
+            return
+        lease.release()
 
     def _forget(self, job: LeasedJob, execution) -> None:
         """Drop this worker's record of an attempt whose lease was lost, and nothing else:
@@ -181,31 +225,21 @@ class PipeqWorker(SimpleWorker):
         """RQ's record of the attempt (its lease entry among it), retrying transient errors
         for up to a lease. A try whose reply was lost may have made an entry: it is removed
         before the next try, or it would expire and have the job requeued while it runs."""
-        deadline = time.monotonic() + self.lease_seconds
-        while True:
-            try:
-                return self.prepare_execution(job)
-            except TRANSIENT:
-                if time.monotonic() > deadline:
-                    raise
-            for stale in list(self.executions.values()):
-                while True:
-                    try:
-                        with self.connection.pipeline() as p:
-                            self.cleanup_execution(job, pipeline=p, execution=stale)
-                            p.execute()
-                        break
-                    except TRANSIENT:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.2)
-            time.sleep(0.2)
+        deadline = time.time() + self.lease_seconds
+        for attempt in retry.until(lambda: deadline):
+            with attempt:
+                for stale in list(self.executions.values()) if attempt.retry_state.attempt_number > 1 else ():
+                    with self.connection.pipeline() as p:
+                        self.cleanup_execution(job, pipeline=p, execution=stale)
+                        p.execute()
+                execution = self.prepare_execution(job)
+        return execution
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int):
         # only a heartbeat of the job: RQ's bookkeeping that follows retries within the lease
         try:
             super().handle_execution_ended(job, queue, heartbeat_ttl)
-        except TRANSIENT:
+        except retry.REDIS_TRANSIENT:
             job.ended_at = job.ended_at or now()
 
     def handle_exception(self, job: Job, *exc_info):
@@ -227,19 +261,19 @@ class PipeqWorker(SimpleWorker):
     def set_state(self, state, pipeline=None):
         try:
             super().set_state(state, pipeline)
-        except TRANSIENT as e:
+        except retry.REDIS_TRANSIENT as e:
             log.warning("worker state %s not recorded: %s", state, e)
 
     def heartbeat(self, timeout=None, pipeline=None):
         try:
             super().heartbeat(timeout, pipeline)
-        except TRANSIENT as e:
+        except retry.REDIS_TRANSIENT as e:
             log.warning("worker heartbeat not sent: %s", e)
 
     def check_for_suspension(self, burst: bool) -> None:
         try:
             super().check_for_suspension(burst)
-        except TRANSIENT as e:
+        except retry.REDIS_TRANSIENT as e:
             log.warning("suspension not checked: %s", e)
 
     def clean_registries(self):
@@ -255,7 +289,7 @@ class PipeqWorker(SimpleWorker):
             super().run_maintenance_tasks()
             for q in self.queues:  # a feed missed (a worker killed between its dequeue and its feed)
                 fairshare.feed(self.connection, q.name)
-        except TRANSIENT as e:
+        except retry.REDIS_TRANSIENT as e:
             log.warning("registry clean-up put off: %s", e)
             return
         if not self._last_pruned:
@@ -295,6 +329,10 @@ class PipeqWorker(SimpleWorker):
         job = self._running
         if job is not None and job.stop is not None:
             job.stop.set()
+
+
+class _NotRecorded(Exception):
+    """RQ's record of a job's end is not in Redis yet (its attempt's entry is still there)."""
 
 
 def _positive(ttl: int | None) -> int:

@@ -18,7 +18,6 @@ from datetime import timezone
 from pathlib import Path
 
 import pytest
-from rq.job import Job
 
 from pipeq import queue
 from pipeq.redis_server import RedisServer
@@ -129,7 +128,7 @@ class Pools:
         return ids
 
     def status(self, job_id: str, conn=None) -> str:
-        return Job.fetch(job_id, connection=conn or self.conn).get_status(refresh=True).value
+        return queue.fetch_job(conn or self.conn, job_id).get_status(refresh=True).value
 
     def replicas(self, name: str = "pool") -> int | None:
         r = self.cluster.kubectl("get", "deployment", f"{name}-workers", "-n", self.ns, "-o",
@@ -213,7 +212,7 @@ def test_replicas_follow_the_queue_up_at_once_and_down_after_the_delay(cluster, 
     # The delay runs from the first job's end: from then on fewer workers were wanted without
     # a break (busy ones are never removed). Pods that start apart end their jobs apart, so
     # the last job's end can be closer to the scale-down than the delay.
-    first_end = min(Job.fetch(j, connection=pools.conn).ended_at.replace(tzinfo=timezone.utc) for j in jobs).timestamp()
+    first_end = min(queue.fetch_job(pools.conn, j).ended_at.replace(tzinfo=timezone.utc) for j in jobs).timestamp()
     held = down_at - first_end
     assert held >= 3 - 0.5, f"scaled down {held:.1f}s after the first job ended; the delay is 3s"
 
@@ -266,7 +265,7 @@ def test_scale_down_removes_idle_workers_and_every_job_finishes(cluster, pools):
     wait_for(lambda: (pools.pool().get("status") or {}).get("busy") == 1, timeout=10, what="status.busy 1")
     # still busy two leases (6 s each) into the 15 s job: the worker's hash, which says which
     # job it runs, once expired one lease into any longer job, and the pod was marked idle
-    started = Job.fetch(long_job, connection=pools.conn).started_at.timestamp()
+    started = queue.fetch_job(pools.conn, long_job).started_at.timestamp()
     wait_for(lambda: time.time() > started + 12, timeout=30, what="the long job two leases old")
     assert pools.status(long_job) == "started"
     annotations = next(p for p in pools.pods() if p["metadata"]["name"] == keeper)["metadata"].get("annotations", {})

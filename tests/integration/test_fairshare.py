@@ -36,7 +36,7 @@ def enqueue(conn, owner, n=1, groups=(), settings=ON):
 
 
 def owner_of(conn, job_id):
-    return quotas.Owner.of(Job.fetch(job_id, connection=conn).meta).id
+    return quotas.Owner.of(queue.fetch_job(conn, job_id).meta).id
 
 
 def take(conn):
@@ -118,10 +118,10 @@ def test_position_is_the_place_in_the_order_served(conn):
 
 def test_cancel_of_a_backlogged_job(conn):
     a = enqueue(conn, "alice", 3)
-    job = Job.fetch(a[2], connection=conn)
+    job = queue.fetch_job(conn, a[2])
     assert conn.sismember(quotas.active_key("alice"), a[2])
     assert queue.cancel_queued(conn, job)
-    assert Job.fetch(a[2], connection=conn).get_status().value == "canceled"
+    assert queue.fetch_job(conn, a[2]).get_status().value == "canceled"
     assert not fairshare.backlogged(conn, Q, a[2], "alice")
     assert not conn.sismember(quotas.active_key("alice"), a[2])
     assert queue.queue_stats(conn, Q).queued == 2
@@ -211,11 +211,11 @@ def test_a_killed_worker_s_job_is_recovered_and_its_slot_kept(conn, settings, wo
     w.wait()
     workers.start(**env)
     # the lost job runs again first (the head of the queue), then the others, all finish
-    wait_for(lambda: all(Job.fetch(j, connection=conn).get_status().value == "finished" for j in a + b), timeout=60,
+    wait_for(lambda: all(queue.fetch_job(conn, j).get_status().value == "finished" for j in a + b), timeout=60,
              what="every job finished")
     starts = _starts(trace)
     assert starts[:2] == [first, first] and sorted(starts[2:]) == sorted(set(a + b) - {first}), starts
-    assert Job.fetch(first, connection=conn).meta["attempt"] == 2
+    assert queue.fetch_job(conn, first).meta["attempt"] == 2
     assert quotas.usage(conn, "alice", (), settings)["active_jobs"] == 0
 
 

@@ -10,9 +10,10 @@ import redis
 from rq.executions import Execution
 from rq.job import Job
 
-from pipeq.queue import connect
+from pipeq import keys
+from pipeq.queue import TASK, PipeqJob, connect
 from pipeq.redis_server import free_port
-from pipeq.worker.lease import PUBLISHED_KEY, Lease, LeaseLost, lease_client
+from pipeq.worker.lease import Lease, LeaseLost, lease_client
 
 QUEUE = "pipeline_tasks"
 
@@ -26,7 +27,7 @@ def make_lease(client, job: Job, member: str, seconds: float = 5.0) -> Lease:
 
 @pytest.fixture
 def job(conn):
-    j = Job.create("pipeq.worker.task.run_pipeline", connection=conn, origin=QUEUE, id="j1")
+    j = PipeqJob.create(TASK, connection=conn, origin=QUEUE, id="j1")
     j.save()
     return j
 
@@ -38,7 +39,7 @@ def test_a_live_lease_is_held_renewed_and_claims_once(conn, job):
     time.sleep(0.01)
     assert lease.renew() and conn.zscore(job.started_job_registry.key, "j1:a") > before
     assert lease.claim() and lease.claim(), "a retried claim (its reply lost) is still this attempt's"
-    assert conn.get(PUBLISHED_KEY.format("j1")) == b"j1:a"
+    assert conn.get(keys.published("j1")) == b"j1:a"
     assert not lease.lost.is_set()
 
 
@@ -50,7 +51,7 @@ def test_a_lease_taken_over_is_lost_and_claims_nothing(conn, job):
     assert not lease.held() and lease.lost.is_set()
     assert not lease.renew()
     assert not make_lease(lease_client(conn, 5), job, "j1:a", seconds=-1).claim(), "an entry that ran out claims nothing"
-    assert successor.claim() and conn.get(PUBLISHED_KEY.format("j1")) == b"j1:b"
+    assert successor.claim() and conn.get(keys.published("j1")) == b"j1:b"
 
 
 def test_transient_errors_are_retried_until_the_lease_runs_out(conn, job):

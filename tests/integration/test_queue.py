@@ -7,7 +7,7 @@ import time
 from rq import Worker, worker_registration
 from rq.registry import StartedJobRegistry
 
-from pipeq import queue
+from pipeq import keys, queue
 from pipeq.settings import Settings
 
 Q = "pipeline_tasks"
@@ -47,9 +47,9 @@ def test_reap_requeues_an_abandoned_job_with_retries_left(conn):
 
 
 def test_jobs_index_drops_expired_entries(conn):
-    conn.zadd(queue.JOBS_INDEX, {"old": time.time() - 120})
+    conn.zadd(keys.JOBS_INDEX, {"old": time.time() - 120})
     enqueue(conn, 1)
-    assert conn.zrange(queue.JOBS_INDEX, 0, -1) == [f"{0:032x}".encode()]
+    assert conn.zrange(keys.JOBS_INDEX, 0, -1) == [f"{0:032x}".encode()]
 
 
 def test_status_position_is_exact_near_either_end_and_bounded_between(conn, monkeypatch):

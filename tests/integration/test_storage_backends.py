@@ -10,9 +10,9 @@ import os
 import signal
 
 import pytest
-from rq import Queue
 from rq.job import Job
 
+from pipeq import queue
 from pipeq.storage import files as data_folder
 from pipeq.storage.s3 import client as s3
 from pipeq.storage.s3.sink import S3Sink
@@ -105,7 +105,7 @@ def test_refusals_leave_nothing(client, make_client, backend, dataset, conn, sma
         r = c.post("/run_pipeline", files=files_of(dataset, big))
         assert r.status_code == 413, r.text
     assert stored(backend) == []
-    assert Queue(backend.queue, connection=conn).count == 0
+    assert queue.get_queue(conn, backend.queue).count == 0
 
 
 def test_store_unreachable_at_submission_is_503_and_keeps_nothing(s3_server, settings, make_client, dataset, conn, monkeypatch, tmp_path):
@@ -119,23 +119,27 @@ def test_store_unreachable_at_submission_is_503_and_keeps_nothing(s3_server, set
         r = c.post("/run_pipeline", files=files_of(dataset))
         assert r.status_code == 503 and "object store" in r.json()["detail"], r.text
         assert c.get("/healthz").status_code == 200
-    assert Queue(settings.queue, connection=conn).count == 0
+    assert queue.get_queue(conn, settings.queue).count == 0
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.url)
     assert s3.client().list_objects_v2(Bucket=bucket).get("Contents", []) == []
 
 
-def test_store_unreachable_during_a_job_fails_it_and_a_retry_finds_the_inputs(client, backend, dataset, workers, tmp_path):
+def test_store_unreachable_during_a_job_spends_one_retry_per_outage_and_a_retry_finds_the_inputs(client, backend, dataset, workers, tmp_path):
+    """An outage that outlasts a step's retries (PIPEQ_STORAGE_RETRY_SECONDS, 0 here) spends
+    one of the job's retries, not all of them (it used to fail the job at once): the job is
+    tried 1 + PIPEQ_RETRIES times, then fails as a storage error."""
     if backend.storage == "file":
         pytest.skip("the data folder's faults are tests/reliability/test_storage_faults.py")
     backend.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
     job_id = client.post("/run_pipeline", files=files_of(dataset)).json()["job_id"]
-    workers.start("cut-off", AWS_ENDPOINT_URL=f"http://127.0.0.1:{_closed_port()}")
+    workers.start("cut-off", AWS_ENDPOINT_URL=f"http://127.0.0.1:{_closed_port()}", PIPEQ_STORAGE_RETRY_SECONDS=0)
     s = final(client, job_id, timeout=60)
     assert s["status"] == "failed" and s["error"]["reason"] == "storage error", s
     assert "object store" in s["error"]["message"]
+    assert s["attempt"] == 1 + backend.retries, s
     workers.stop()
     # the inputs are still there: the job run again (RQ's requeue, `rq requeue`) finishes
-    Job.fetch(job_id, connection=client.app.state.redis).requeue()
+    queue.fetch_job(client.app.state.redis, job_id).requeue()
     workers.start("reconnected", PIPEQ_TEST_SLEEP=0)
     s = final(client, job_id, timeout=60)
     assert s["status"] == "finished" and s["result"]["files"] == ["report.json", "result.txt"], s
@@ -282,7 +286,7 @@ def test_bad_references_are_4xx_naming_the_url_and_leave_nothing(client, backend
     r = client.post("/run_pipeline", json={"reads": reads, "reference": reference})
     assert r.status_code == 413 and "accepted bytes per file" in r.text, r.text
     assert stored(backend) == []
-    assert Queue(backend.queue, connection=conn).count == 0
+    assert queue.get_queue(conn, backend.queue).count == 0
 
 
 def test_presigned_upload_then_a_submission_naming_it(client, backend, dataset, workers):
@@ -335,6 +339,43 @@ def test_presigned_upload_then_a_submission_naming_it(client, backend, dataset, 
     assert "X-Amz-Signature=" in up["parts"][0]["url"] and "X-Amz-Algorithm=AWS4-HMAC-SHA256" in up["parts"][0]["url"]
 
 
+def test_completing_a_presigned_upload_leaves_the_event_loop_free(client, backend, monkeypatch):
+    """The completion's Redis (and S3) calls block: made on the event loop (it was an
+    ``async def``), one slow completion stalled every other request. Here its Redis read is
+    held; /healthz must answer meanwhile."""
+    import threading
+
+    if backend.storage == "file":
+        pytest.skip("presigned uploads need object storage")
+    up = client.post("/uploads", json={"filename": "x.fq", "size": 5}).json()
+    conn = client.app.state.redis
+    entered, release = threading.Event(), threading.Event()
+    real_get = conn.get
+
+    def held_get(key):
+        if b"upload" in (key if isinstance(key, bytes) else key.encode()):
+            entered.set()
+            release.wait(timeout=15)
+        return real_get(key)
+
+    monkeypatch.setattr(conn, "get", held_get)
+    done = {}
+    completing = threading.Thread(target=lambda: done.update(r=client.post(f"/uploads/{up['upload_id']}/complete",
+                                                                            json={"parts": [{"part_number": 1, "etag": '"x"'}]})))
+    completing.start()
+    try:
+        wait_for(entered.is_set, timeout=10, what="the completion to read its record")
+        probe = {}
+        prober = threading.Thread(target=lambda: probe.update(r=client.get("/healthz")))
+        prober.start()
+        prober.join(timeout=5)
+        assert "r" in probe and probe["r"].status_code == 200, "the event loop was blocked by the completion"
+    finally:
+        release.set()
+        completing.join(timeout=20)
+    assert done["r"].status_code == 422, done["r"].text  # and the completion itself still answers
+
+
 def test_the_log_of_a_running_job_is_there_while_it_runs(client, backend, dataset, workers, tmp_path):
     backend.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
     backend.log_upload_interval = 0.5
@@ -358,8 +399,9 @@ def test_prune_removes_what_expired_and_keeps_the_rest(client, backend, dataset,
     assert not any(gone in k for k in after) and any(kept in k for k in after)
 
 
-def test_store_down_while_a_job_runs_fails_it_and_keeps_its_inputs(settings, make_client, dataset, workers, tmp_path, monkeypatch, conn):
-    """A store of its own, stopped while the pipeline runs and started again (same folder)."""
+def test_store_refusing_a_job_fails_it_at_once_as_a_storage_error(settings, make_client, dataset, workers, tmp_path, monkeypatch, conn):
+    """A store that answers but refuses (here: the job's bucket deleted under it, NoSuchBucket)
+    is no outage: the job fails at once, its retries forfeited."""
     from tests.support.s3server import VersityGW
 
     server = VersityGW(tmp_path / "own-s3").start()
@@ -371,16 +413,12 @@ def test_store_down_while_a_job_runs_fails_it_and_keeps_its_inputs(settings, mak
         settings.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
         with make_client() as client:
             job_id = client.post("/run_pipeline", files=files_of(dataset)).json()["job_id"]
-            workers.start("w1", PIPEQ_TEST_SLEEP=4)
-            wait_for(lambda: client.get(f"/job_status/{job_id}").json()["stage"] == "work", timeout=30, what="the pipeline to run")
-            server.stop()
+            (tmp_path / "own-s3" / "data" / "jobs").rename(tmp_path / "elsewhere")  # the bucket's folder: gone
+            workers.start("w1", PIPEQ_TEST_SLEEP=0)
             s = final(client, job_id, timeout=60)
             assert s["status"] == "failed" and s["error"]["reason"] == "storage error", s
-            assert "cannot publish the results" in s["error"]["message"]
-            server.start()
-            Job.fetch(job_id, connection=conn).requeue()
-            s = final(client, job_id, timeout=60)
-            assert s["status"] == "finished" and s["attempt"] == 2, s
+            assert s["attempt"] == 1, s
+            assert queue.fetch_job(conn, job_id).retries_left == 0
     finally:
         server.stop()
 

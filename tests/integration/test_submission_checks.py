@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 from fastapi.testclient import TestClient
-from rq import Queue
 from rq.job import Job
 
+from pipeq import queue
 from pipeq.api.app import create_app
 from pipeq.settings import Settings
 
@@ -26,7 +26,7 @@ def nothing_left(settings, conn):
     jobs_dir = settings.data_dir / "jobs"
     leftovers = list(jobs_dir.iterdir()) if jobs_dir.exists() else []
     assert leftovers == [], leftovers
-    assert Queue(settings.queue, connection=conn).count == 0
+    assert queue.get_queue(conn, settings.queue).count == 0
     assert conn.keys(Job.key_for("*")) == []
 
 

@@ -11,8 +11,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from rq import Queue
-from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 
 from pipeq import queue
@@ -72,9 +70,9 @@ def test_failed_pipeline_reports_reason_and_is_not_retried(client, dataset, work
     assert s["error"]["reason"] == "pipeline failed" and s["error"]["exit_code"] == 5
     assert "something went wrong in stage two" in s["error"]["stderr_tail"]
     # not retried: RQ holds it as failed with no retries left, nothing is queued for it again
-    job = Job.fetch(job_id, connection=conn)
+    job = queue.fetch_job(conn, job_id)
     assert job.retries_left == 0 and job_id in FailedJobRegistry(settings.queue, connection=conn)
-    assert Queue(settings.queue, connection=conn).count == 0 and not ScheduledJobRegistry(settings.queue, connection=conn).get_job_ids()
+    assert queue.get_queue(conn, settings.queue).count == 0 and not ScheduledJobRegistry(settings.queue, connection=conn).get_job_ids()
     assert status(client, job_id)["attempt"] == 1
 
 
@@ -182,6 +180,40 @@ def test_cancel_of_a_job_a_worker_takes_meanwhile_stops_it(client, dataset, work
     s = until(client, job_id, timeout=15)
     assert s["status"] == "stopped" and s["error"]["reason"] == "stopped", s
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=5, what="the pipeline to be killed")
+
+
+def test_delete_in_the_instant_a_worker_takes_the_job_stops_it_and_answers_200(make_client, dataset, settings, use_pipeline,
+                                                                              tmp_path, monkeypatch):
+    """A worker has taken the job off the queue but not yet recorded itself on it (RQ sets
+    the job's worker only as the attempt starts): DELETE found it neither queued nor running
+    and answered 500 (RQ's "Job is not currently executing"), although the stop took effect.
+    Each DELETE here comes at one step of the take, with a 3 s stand-in pipeline."""
+    from pipeq.worker import PipeqWorker, task
+
+    use_pipeline(pipelines.SLEEPY)
+    monkeypatch.setenv("PIPEQ_TEST_SLEEP", "3")
+    monkeypatch.setattr(task, "get_settings", lambda: settings)
+    answers = []
+    with make_client(raise_server_exceptions=False) as client:
+        worker = PipeqWorker([settings.queue], connection=client.app.state.redis, name=f"take-{uuid.uuid4().hex[:6]}")
+        steps = {"execute_job": worker.execute_job, "prepare_execution": worker.prepare_execution,
+                 "perform_job": worker.perform_job}
+
+        def delete_then(step):
+            def run(job, *args, **kwargs):
+                r = client.delete(f"/jobs/{job.id}")
+                answers.append((step, r.status_code, r.text))
+                return steps[step](job, *args, **kwargs)
+            return run
+
+        for step in steps:
+            job_id = submit(client, dataset, sample=step)
+            setattr(worker, step, delete_then(step))
+            worker.work(burst=True)
+            delattr(worker, step)  # the worker's own step again
+            s = status(client, job_id)
+            assert s["status"] == "stopped" and s["error"]["reason"] == "stopped", (step, s)
+    assert [a[:2] for a in answers] == [(step, 200) for step in steps], answers
 
 
 def test_warm_shutdown_finishes_the_job(client, dataset, workers, use_pipeline, tmp_path):

@@ -16,7 +16,6 @@ import uuid
 
 import pytest
 import redis
-from rq.job import Job
 
 from pipeq import queue
 from tests.e2e.body import run_end_to_end
@@ -100,10 +99,10 @@ class SlowPool:
         return ids
 
     def statuses(self, ids) -> list[str]:
-        return self.read(lambda c: [Job.fetch(j, connection=c).get_status(refresh=True).value for j in ids])
+        return self.read(lambda c: [queue.fetch_job(c, j).get_status(refresh=True).value for j in ids])
 
     def attempts(self, ids) -> list[int]:
-        return self.read(lambda c: [int(Job.fetch(j, connection=c).meta.get("attempt") or 0) for j in ids])
+        return self.read(lambda c: [int(queue.fetch_job(c, j).meta.get("attempt") or 0) for j in ids])
 
     def pods(self) -> list[dict]:
         return self.kind.pods("pipeq.dev/pool=slow")
@@ -129,7 +128,7 @@ class SlowPool:
         def read(c):
             out = {}
             for j in ids:
-                s = to_status(Job.fetch(j, connection=c), with_result=False)
+                s = to_status(queue.fetch_job(c, j), with_result=False)
                 if s.status != "finished":
                     out[j] = {"status": s.status, "attempt": s.attempt, "error": s.error and s.error.model_dump()}
             return out

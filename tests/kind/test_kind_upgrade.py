@@ -23,7 +23,6 @@ import io
 import uuid
 
 import pytest
-from rq.job import Job
 
 from pipeq import queue
 from tests.support.kind import ROOT, TAG, VALUES, run
@@ -86,7 +85,7 @@ class Release:
         return wait_for(attempt, timeout=180, interval=1, what="Redis through the port-forward")[0]
 
     def statuses(self, ids) -> list[str]:
-        return self.read(lambda c: [Job.fetch(j, connection=c).get_status(refresh=True).value for j in ids])
+        return self.read(lambda c: [queue.fetch_job(c, j).get_status(refresh=True).value for j in ids])
 
     def pods(self, with_terminating: bool = False) -> list[dict]:
         items = self.kind.get_json("pods", "-n", NS, "-l", "pipeq.dev/pool=default")["items"]

@@ -8,8 +8,9 @@ import os
 import uuid
 
 import pytest
-from rq import Queue
 from rq.job import Job
+
+from pipeq import queue
 
 pytestmark = pytest.mark.reliability
 
@@ -47,7 +48,7 @@ def test_bad_upload_gets_4xx_reason_and_leaves_nothing(client, settings, conn, c
     detail = r.json()["detail"]
     reason = detail if isinstance(detail, str) else detail[0]["msg"]
     assert len(reason) > 10
-    assert Queue(settings.queue, connection=conn).count == 0 and conn.keys(Job.key_for("*")) == []
+    assert queue.get_queue(conn, settings.queue).count == 0 and conn.keys(Job.key_for("*")) == []
     assert list((settings.data_dir / "jobs").iterdir()) == []
 
 

@@ -10,8 +10,8 @@ import threading
 import time
 
 import pytest
-from rq.job import Job
 
+from pipeq import queue
 from tests.support.cluster import wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.cluster]
@@ -41,7 +41,7 @@ def test_scale_down_under_load_interrupts_no_job(cluster, pools):  # noqa: F811
         stop.set()
         watcher.join()
 
-    jobs = [Job.fetch(j, connection=pools.conn) for j in ids]
+    jobs = [queue.fetch_job(pools.conn, j) for j in ids]
     statuses = [j.get_status(refresh=True).value for j in jobs]
     attempts = [int(j.meta.get("attempt") or 0) for j in jobs]
     peak = max(r for _, r, _ in seen)

@@ -7,9 +7,9 @@ import os
 import subprocess
 
 import pytest
-from rq import Queue
 from rq.job import Job
 
+from pipeq import queue
 from tests.conftest import wait_for
 from tests.support import pipelines
 
@@ -49,7 +49,7 @@ def test_full_disk_at_upload_is_507_and_leaves_nothing(settings, make_client, co
         r = client.post("/run_pipeline", files=_files(dataset))
         assert r.status_code == 507 and "cannot store the uploads" in r.json()["detail"], r.text
         assert list((settings.data_dir / "jobs").iterdir()) == []
-        assert Queue(settings.queue, connection=conn).count == 0
+        assert queue.get_queue(conn, settings.queue).count == 0
         assert client.get("/healthz").status_code == 200
 
 
@@ -89,7 +89,7 @@ def test_unwritable_data_folder_at_upload_is_507_and_api_stays_up(settings, make
         r = client.post("/run_pipeline", files=_files(dataset))
         print(f"\nread-only data folder at upload: {r.status_code} {r.json()['detail']}")
         assert r.status_code == 507 and "read-only file system" in r.json()["detail"].lower(), r.text
-        assert Queue(settings.queue, connection=conn).count == 0 and conn.keys(Job.key_for("*")) == []
+        assert queue.get_queue(conn, settings.queue).count == 0 and conn.keys(Job.key_for("*")) == []
         assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
         assert client.get("/jobs").status_code == 200
 

@@ -10,10 +10,9 @@ import signal
 
 import pytest
 import redis
-from rq import Queue
 from rq.job import Job
 
-from pipeq import queue
+from pipeq import keys, queue
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.reliability
@@ -36,7 +35,7 @@ def test_unanswered_enqueue_keeps_a_queued_jobs_inputs(client, settings, conn, r
     def execute(self, *args, **kwargs):
         # the enqueue's transaction (it adds to the jobs index): Redis stops before it is sent
         # and resumes once the API has given up waiting for its reply
-        if stalls or not any(c[0][:2] == ("ZADD", queue.JOBS_INDEX) for c in self.command_stack):
+        if stalls or not any(c[0][:2] == ("ZADD", keys.JOBS_INDEX) for c in self.command_stack):
             return real_execute(self, *args, **kwargs)
         stalls.append(pid)
         os.kill(pid, signal.SIGSTOP)
@@ -55,7 +54,7 @@ def test_unanswered_enqueue_keeps_a_queued_jobs_inputs(client, settings, conn, r
     assert r.status_code in (202, 503), r.text
     jobs_dir = settings.data_dir / "jobs"
     folders = sorted(p.name for p in jobs_dir.iterdir()) if jobs_dir.exists() else []
-    queued = Queue(settings.queue, connection=conn).get_job_ids()
+    queued = queue.get_queue(conn, settings.queue).get_job_ids()
     print(f"\nunanswered enqueue: {r.status_code}, queued {queued}, folders {folders}")
     if r.status_code == 202:
         job_id = r.json()["job_id"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from rq.job import Job
 
 from pipeq import queue
 from tests.conftest import wait_for
@@ -31,7 +30,7 @@ def test_pipelines_that_leave_children_leave_no_zombies(settings, conn, workers,
     procs = [workers.start(as_pid1=True, PIPEQ_TEST_MARKER=marker) for _ in range(POOL)]
 
     def statuses():
-        return [j.get_status(refresh=False) for j in Job.fetch_many(ids, connection=conn)]
+        return [j.get_status(refresh=False) for j in queue.fetch_jobs(conn, ids)]
 
     wait_for(lambda: all(s in ("finished", "failed") for s in statuses()), timeout=120, what=f"{JOBS} jobs to end")
     assert statuses().count("finished") == JOBS

@@ -9,9 +9,9 @@ import redis
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from rq.command import send_stop_job_command
-from rq.job import Job
+from rq.exceptions import InvalidJobOperation
 
-from pipeq import jobs, queue
+from pipeq import jobs, keys, queue
 from pipeq.api.deps import get_redis, get_settings, get_store
 from pipeq.api.routers.runs import job_or_404, status_of
 from pipeq.settings import Settings
@@ -29,13 +29,13 @@ def list_jobs(
     conn: redis.Redis = Depends(get_redis),
     settings: Settings = Depends(get_settings),
 ) -> jobs.JobList:
-    ids = [i.decode() for i in conn.zrevrange(queue.JOBS_INDEX, offset, offset + limit - 1)]
-    total = conn.zcard(queue.JOBS_INDEX)
-    found = [j for j in Job.fetch_many(ids, connection=conn) if j is not None]
+    ids = [i.decode() for i in conn.zrevrange(keys.JOBS_INDEX, offset, offset + limit - 1)]
+    total = conn.zcard(keys.JOBS_INDEX)
+    found = [j for j in queue.fetch_jobs(conn, ids) if j is not None]
     if len(found) < len(ids):
         # jobs expire from Redis on their own; drop them from the index as we notice
         gone = set(ids) - {j.id for j in found}
-        conn.zrem(queue.JOBS_INDEX, *gone)
+        conn.zrem(keys.JOBS_INDEX, *gone)
         total -= len(gone)
     return jobs.JobList(
         jobs=[jobs.to_status(j, with_result=False) for j in found], total=total, limit=limit, offset=offset
@@ -63,7 +63,12 @@ def cancel_job(
     # a worker may take the job between that read and the cancel: then it is stopped instead
     if current.status != "queued" or not queue.cancel_queued(conn, job):
         queue.request_stop(conn, job_id, settings.job_ttl)
-        send_stop_job_command(conn, job_id)
+        try:
+            send_stop_job_command(conn, job_id, serializer=queue.SERIALIZER)
+        except InvalidJobOperation:
+            # Taken off the queue, but its worker not recorded on it yet (that comes as the
+            # attempt starts): the attempt reads the stop mark just recorded, and ends at once.
+            pass
     return status_of(conn, job_id)
 
 

@@ -15,18 +15,20 @@ import uuid
 
 import redis
 from fastapi import APIRouter, Depends, HTTPException, status
-from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
+from pipeq import keys
 from pipeq.storage import names
 from pipeq.api.deps import get_redis, get_settings, get_store
 from pipeq.settings import Settings
-from pipeq.storage import NotFound, Store
+from pipeq.storage import NotFound, Store, Unavailable
 
 router = APIRouter(prefix="/uploads", tags=["uploads"])  # the token check, if any, is added by create_app
 
 #: How long the presigned part URLs, and an unfinished upload's record, last.
 EXPIRES_SECONDS = 6 * 3600
+#: S3's codes for parts that do not make up the file (a 422, not a 503).
+PARTS_REFUSED = frozenset({"InvalidPart", "InvalidPartOrder", "EntityTooSmall"})
 
 
 class UploadsInfo(BaseModel):
@@ -73,10 +75,6 @@ def _s3_store(store: Store):
     return store
 
 
-def _record(upload_id: str) -> str:
-    return f"pipeq:upload:{upload_id}"
-
-
 @router.get("/info", response_model=UploadsInfo, summary="Whether presigned uploads are on, and above which size the page uses them")
 async def uploads_info(settings: Settings = Depends(get_settings), store: Store = Depends(get_store)) -> UploadsInfo:
     return UploadsInfo(enabled=settings.storage != "file", threshold_bytes=settings.presigned_upload_bytes)
@@ -98,7 +96,7 @@ def start_upload(given: NewUpload, settings: Settings = Depends(get_settings), s
     upload_id = uuid.uuid4().hex
     key = s3.upload_key(upload_id, names.sanitize_filename(given.filename, "upload"))
     s3_upload, part_size, urls = s3.start_upload(key, given.size, EXPIRES_SECONDS, signer=_signer(settings))
-    conn.set(_record(upload_id), json.dumps({"key": key, "s3_upload": s3_upload, "size": given.size}), ex=EXPIRES_SECONDS)
+    conn.set(keys.upload(upload_id), json.dumps({"key": key, "s3_upload": s3_upload, "size": given.size}), ex=EXPIRES_SECONDS)
     return Upload(upload_id=upload_id, part_size=part_size, parts=[PartURL(part_number=i, url=u) for i, u in enumerate(urls, 1)], expires_in=EXPIRES_SECONDS)
 
 
@@ -108,23 +106,25 @@ def start_upload(given: NewUpload, settings: Settings = Depends(get_settings), s
     responses={400: {"description": "The body is not JSON."}, 404: {"description": "No such upload (or it expired)."}, 409: {"description": "This server keeps job files on a volume, not in object storage."}, 413: {"description": "The parts add up to more than the server accepts."}, 422: {"description": "The parts do not make up the file (a missing part or a wrong ETag)."}},
     summary="Finish a presigned upload; returns the reference to submit",
 )
-async def complete_upload(upload_id: str, given: Complete, settings: Settings = Depends(get_settings), store: Store = Depends(get_store), conn: redis.Redis = Depends(get_redis)) -> Uploaded:
+def complete_upload(upload_id: str, given: Complete, settings: Settings = Depends(get_settings), store: Store = Depends(get_store), conn: redis.Redis = Depends(get_redis)) -> Uploaded:
+    """A plain ``def``: its Redis and S3 calls block, so FastAPI runs it in the thread pool
+    (as an ``async def`` it made them on the event loop, stalling every other request)."""
     s3 = _s3_store(store)
-    raw = conn.get(_record(upload_id)) if names.JOB_ID_RE.match(upload_id) else None
+    raw = conn.get(keys.upload(upload_id)) if names.JOB_ID_RE.match(upload_id) else None
     if raw is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no upload {upload_id!r} (it may have expired)")
     up = json.loads(raw)
     try:
-        size = await run_in_threadpool(s3.complete_upload, up["key"], up["s3_upload"], [(p.part_number, p.etag) for p in given.parts])
+        size = s3.complete_upload(up["key"], up["s3_upload"], [(p.part_number, p.etag) for p in given.parts])
     except NotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"upload {upload_id} is no longer open") from None
-    except Exception as e:
-        if "InvalidPart" in str(e) or "InvalidPartOrder" in str(e) or "EntityTooSmall" in str(e):
+    except Unavailable as e:
+        if e.code in PARTS_REFUSED:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[{"loc": ["body", "parts"], "msg": f"the parts do not make up the file: {e}", "type": "value_error"}]) from None
         raise
-    conn.delete(_record(upload_id))
+    conn.delete(keys.upload(upload_id))
     if size > settings.max_upload_bytes:
-        await run_in_threadpool(s3.abort_upload, up["key"], up["s3_upload"])
+        s3.abort_upload(up["key"], up["s3_upload"])
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=f"{size} bytes, more than the {settings.max_upload_bytes} accepted bytes per file")
     return Uploaded(reference=f"s3://{s3.bucket}/{up['key']}", size=size)
 
