@@ -18,7 +18,7 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from pipeq import keys, retry
-from pipeq.keys import ENQUEUED_CHANNEL, JOBS_INDEX
+from pipeq.keys import BACKLOG_PREFIX, BACKLOGGED, ENQUEUED_CHANNEL, JOBS_INDEX
 
 #: The queue of the API, the workers and a WorkerPool that name none.
 DEFAULT_QUEUE = "pipeline_tasks"

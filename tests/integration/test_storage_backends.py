@@ -196,7 +196,9 @@ def _closed_port() -> int:
 def test_s3_sink_streams_parts_and_checks_as_it_goes(s3_server, monkeypatch):
     """A multipart upload of several parts, checked while it streams, is the file it was."""
     s3_server.make_bucket("sink")
-    monkeypatch.setattr(s3, "PART_BYTES", 5 * 1024 * 1024)
+    from pipeq.storage.s3 import sink
+
+    monkeypatch.setattr(sink, "PART_BYTES", 5 * 1024 * 1024)
     record = b"@r\n" + b"ACGT" * 25 + b"\n+\n" + b"I" * 100 + b"\n"
     member = gzip.compress(record * 30_000, compresslevel=0)  # stored, not deflated: 7 MB
     sink = S3Sink(s3_server.client(), "sink", "x/reads.fq.gz")
@@ -441,10 +443,15 @@ def test_a_stale_attempt_ending_leaves_the_next_attempts_files(backend):
     work folder, and the live attempt failed to publish ("No such file or directory")."""
     import uuid
 
+    from pipeq.worker import scratch
+
     store = open_store(backend)
     job_id = uuid.uuid4().hex
-    stale = store.attempt(job_id, 1, "w1")
-    live = store.attempt(job_id, 2, "w2")
+
+    def folder(worker):  # each worker's own scratch, as the worker claims it
+        return scratch.claim(backend.scratch_dir, worker) if store.uses_scratch else None
+    stale = store.attempt(job_id, 1, folder("w1"))
+    live = store.attempt(job_id, 2, folder("w2"))
     (live.workdir / "report.json").write_text('{"variants": 1}')
     stale.close()
     assert live.publish(lambda: True)

@@ -128,7 +128,7 @@ def test_helm_upgrade_under_running_jobs_runs_each_job_once(kind, release):
                                                                                       "sample": f"sleep-{JOB_SECONDS}"},
                                                            meta={}, retries=2, ttl=1800))
     # two run (maxReplicas 2), two wait
-    old_busy = wait_for(lambda: (b := release.busy()) if len(b) == 2 else None, timeout=180, interval=1,
+    old_busy = wait_for(lambda: b if len(b := release.busy()) == 2 else None, timeout=180, interval=1,
                         what="two old pods running a job each")
     old_pods = {p["metadata"]["name"] for p in release.pods()}
     running = set(old_busy.values())
