@@ -28,6 +28,9 @@ CLEAN_LOCK_SECONDS = 10
 BUSY_FIELD = "pipeq_job"
 #: Sorted set of every job, scored by enqueue time, for ``GET /jobs``.
 JOBS_INDEX = "pipeq:jobs"
+#: Per owner (a principal's id), the sorted set of that owner's jobs, scored as JOBS_INDEX
+#: (``GET /jobs`` of a user). A job without an owner is ``anonymous``'s.
+OWNER_INDEX_PREFIX = "pipeq:jobs:owner:"
 #: The task the workers run.
 TASK = "pipeq.worker.task.run_pipeline"
 #: Marks a submission given up after its enqueue went unanswered (see ``enqueue_run``); kept
@@ -98,6 +101,10 @@ def enqueue_run(
         )
         p.zadd(JOBS_INDEX, {job_id: now})
         p.zremrangebyscore(JOBS_INDEX, 0, now - ttl)
+        mine = owner_index(meta.get("owner"))
+        p.zadd(mine, {job_id: now})
+        p.zremrangebyscore(mine, 0, now - ttl)
+        p.expire(mine, ttl)  # an owner who stops submitting leaves no index behind
         p.publish(ENQUEUED_CHANNEL, queue_name)
         try:
             p.execute()
@@ -105,6 +112,11 @@ def enqueue_run(
             if not _exists_or_abandon(conn, job_id, e):
                 raise
     return job
+
+
+def owner_index(owner: str | None) -> str:
+    """The key of the sorted set of ``owner``'s jobs (None: ``anonymous``)."""
+    return OWNER_INDEX_PREFIX + (owner or "anonymous")
 
 
 # The job exists (1), or the submission is marked abandoned, which aborts its transaction
