@@ -64,6 +64,21 @@ function fmtDuration(s) {
   return h ? `${h} h ${m} min` : m ? `${m} min ${sec} s` : `${sec} s`;
 }
 
+// ---- who is using the page (GET /me): the name in the header; admins see an owner column ----
+let me = null;
+const meReady = loadMe().catch(() => {});
+async function loadMe() {
+  const res = await api("/me");
+  if (!res.ok) return;
+  me = await res.json();
+  const who = $("whoami");
+  setText(who, me.mode === "none" ? "" : `${me.name}${me.admin ? " (admin)" : ""}`);
+  show(who, me.mode !== "none");
+  show($("jobs-owner"), showOwners());
+}
+// with no identity configured every job is anonymous's: no column to show
+function showOwners() { return !!(me && me.admin && me.mode !== "none"); }
+
 // ---- routing ------------------------------------------------------------------------------
 let stopPolling = () => {};
 function route() {
@@ -408,6 +423,7 @@ function openJobs() {
 }
 
 async function loadJobs() {
+  await meReady;
   const res = await api(`/jobs?limit=${jobsLimit}`);
   if (!res.ok) return true;
   const { jobs, total } = await res.json();
@@ -417,12 +433,14 @@ async function loadJobs() {
     const tr = rows.get(j.job_id) || newRow(j.job_id);
     const cells = tr.children;
     setText(cells[1], j.sample || "—");
-    const badge = cells[2].firstChild;
+    setText(cells[2], j.owner_name || j.owner);
+    show(cells[2], showOwners());
+    const badge = cells[3].firstChild;
     setText(badge, j.status);
     badge.className = `badge ${j.status}`;
-    setText(cells[3], fmtTime(j.enqueued_at));
-    setText(cells[4], fmtTime(j.ended_at));
-    const btn = cells[5].firstChild;
+    setText(cells[4], fmtTime(j.enqueued_at));
+    setText(cells[5], fmtTime(j.ended_at));
+    const btn = cells[6].firstChild;
     show(btn, !FINAL.has(j.status));
     setText(btn, j.status === "queued" ? "Cancel" : "Stop");
     return tr;
@@ -437,19 +455,19 @@ async function loadJobs() {
 function newRow(id) {
   const tr = document.createElement("tr");
   tr.dataset.id = id;
-  const cells = [0, 1, 2, 3, 4, 5].map(() => document.createElement("td"));
+  const cells = [0, 1, 2, 3, 4, 5, 6].map(() => document.createElement("td"));  // job sample owner status submitted ended actions
   const a = document.createElement("a");
   a.href = `#/jobs/${id}`;
   a.textContent = id.slice(0, 8);
   a.setAttribute("aria-label", `job ${id}`);
   cells[0].append(a);
   const badge = document.createElement("span");
-  cells[2].append(badge);
+  cells[3].append(badge);
   const btn = document.createElement("button");
   btn.type = "button";
   btn.className = "link";
   btn.onclick = async () => { btn.disabled = true; await api(`/jobs/${id}`, { method: "DELETE" }); btn.disabled = false; loadJobs(); };
-  cells[5].append(btn);
+  cells[6].append(btn);
   tr.append(...cells);
   return tr;
 }
