@@ -7,12 +7,16 @@ Modes, by settings (see pipeq.auth.principal):
 - both: the token first, then a JWT (scripts keep the admin token).
 With a mode on, a request without a bearer credential gets 401 ``WWW-Authenticate: Bearer``;
 one whose credential is refused gets 401 ``Bearer error="invalid_token"``; a valid user
-outside PIPEQ_USER_GROUPS gets 403.
+outside PIPEQ_USER_GROUPS gets 403. A verified token is remembered until its ``exp`` (the
+last VERIFIED_CACHE of them): a page or script polling with one token pays for its signature
+once.
 """
 
 from __future__ import annotations
 
 import hmac
+import time
+from collections import OrderedDict
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
@@ -22,6 +26,9 @@ from pipeq.auth import tokens
 from pipeq.auth.keys import KeySet
 from pipeq.auth.principal import ADMIN_TOKEN, ANONYMOUS, Principal, oidc_id
 from pipeq.settings import Settings
+
+#: Verified tokens remembered (a page polls with one token: its signature is checked once).
+VERIFIED_CACHE = 4096
 
 _bearer = HTTPBearer(auto_error=False, description="The admin token (PIPEQ_API_TOKEN) or an access token of the OIDC issuer.")
 
@@ -41,6 +48,9 @@ class Authenticator:
         self.issuer = settings.oidc_issuer
         self.keys = keys if keys is not None or not self.issuer else KeySet(self.issuer)
         self.open = not (self.token or self.issuer)
+        # token → (principal, exp): on the event loop only, so no lock
+        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._generation = 0  # of the key set the remembered tokens were verified with
 
     async def principal(self, credential: str | None) -> Principal:
         """The principal of a bearer credential (None: none given). Raises HTTPException."""
@@ -52,6 +62,14 @@ class Authenticator:
             return ADMIN_TOKEN
         if self.issuer is None:
             raise _unauthorized("the token is not accepted")
+        if self.keys.generation != self._generation:  # keys changed: verify everything anew
+            self._verified.clear()
+            self._generation = self.keys.generation
+        if (seen := self._verified.get(credential)) is not None:
+            if seen[1] > time.time():  # exp without leeway: a remembered token never outlives it
+                self._verified.move_to_end(credential)
+                return seen[0]
+            del self._verified[credential]
         try:
             header = tokens.header_of(credential)
             key = self.keys.cached(header.get("kid"))
@@ -63,7 +81,11 @@ class Authenticator:
             claims = tokens.verify(credential, header, key, issuer=self.issuer, audience=self.settings.oidc_audience)
         except tokens.InvalidToken as e:
             raise _unauthorized(e.reason) from None
-        return self.user(claims)
+        principal = self.user(claims)
+        self._verified[credential] = (principal, float(claims["exp"]))
+        if len(self._verified) > VERIFIED_CACHE:
+            self._verified.popitem(last=False)
+        return principal
 
     def user(self, claims: dict) -> Principal:
         """The principal of verified claims; 403 outside PIPEQ_USER_GROUPS."""

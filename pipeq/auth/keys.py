@@ -32,10 +32,12 @@ MAX_DOCUMENT_BYTES = 1024 * 1024
 
 
 class SigningKey(NamedTuple):
-    """One key of the set: PyJWT's key, and the algorithm the JWK itself names (or None)."""
+    """One key of the set: PyJWT's key, the algorithm the JWK itself names (or None), and
+    the JWK as published."""
 
     jwk: jwt.PyJWK
     alg: str | None
+    raw: dict
 
 
 class IssuerUnavailable(Exception):
@@ -51,6 +53,8 @@ class KeySet:
         self.refresh_interval, self.refetch_interval = refresh_interval, refetch_interval
         self.retry_interval, self.timeout = retry_interval, timeout
         self.fetches = 0
+        #: bumped whenever the set's keys change (what was verified with a key gone is not trusted)
+        self.generation = 0
         self._keys: dict[str, SigningKey] = {}
         self._jwks_uri: str | None = None
         self._last_refetch = -math.inf  # monotonic time of the latest refetch for an unknown kid
@@ -97,6 +101,8 @@ class KeySet:
             log.warning("pipeq.auth: cannot refresh the signing keys of %s (keeping %d held): %s",
                         self.issuer, len(self._keys), e)
             return False
+        if {k: v.raw for k, v in keys.items()} != {k: v.raw for k, v in self._keys.items()}:
+            self.generation += 1
         self._keys = keys
         return True
 
@@ -162,7 +168,7 @@ def parse_jwks(doc: dict) -> dict[str, SigningKey]:
         if jwk.get("use", "sig") != "sig" or not isinstance(jwk.get("kid"), str):
             continue
         try:
-            keys[jwk["kid"]] = SigningKey(jwt.PyJWK(jwk), jwk.get("alg"))
+            keys[jwk["kid"]] = SigningKey(jwt.PyJWK(jwk), jwk.get("alg"), jwk)
         except jwt.PyJWTError as e:  # an algorithm or curve PyJWT cannot use
             log.info("pipeq.auth: skipping key %s: %s", jwk.get("kid"), e)
     return keys

@@ -219,3 +219,26 @@ def test_oidc_and_token_modes_over_http(fresh, tmp_path):
 def test_settings_refuse_an_issuer_without_audience():
     with pytest.raises(ValueError, match="PIPEQ_OIDC_AUDIENCE"):
         Settings(oidc_issuer="https://idp.example/realms/lab")
+
+
+def test_a_remembered_token_is_checked_anew_when_the_keys_change_or_it_expires(fresh, monkeypatch):
+    keys = KeySet(fresh.url, refetch_interval=3600)
+    keys.refresh()
+    auth = Authenticator(settings_for(fresh), keys)
+    verified = []
+    real = tokens.verify
+    monkeypatch.setattr(tokens, "verify", lambda *a, **kw: verified.append(1) or real(*a, **kw))
+    token = fresh.sign()
+    first = principal(auth, token)
+    assert principal(auth, token) is first and len(verified) == 1  # remembered: its signature checked once
+    fresh.published.pop("rsa-1")  # the issuer drops the key (compromised, say)
+    keys.refresh()
+    assert "no signing key" in refusal(auth, token).detail
+    fresh.published["rsa-1"] = "RS256"
+    keys.refresh()
+    # past its exp (within the leeway, so still accepted): never served from memory
+    late = fresh.sign(exp=int(time.time()) - 5)
+    verified.clear()
+    for _ in range(3):
+        assert principal(auth, late)
+    assert len(verified) == 3
