@@ -17,6 +17,7 @@ from pipeq.api import audit
 from pipeq.api.metrics import REGISTRY, QueueCollector
 from pipeq.api.routers import health, jobs, me, presigned, runs
 from pipeq.auth import ANONYMOUS, Principal, current_principal
+from pipeq.auth import web as sign_in
 from pipeq.auth.dependency import Authenticator
 from pipeq.settings import Settings, get_settings
 from pipeq.storage import Unavailable, open_store
@@ -107,6 +108,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(presigned.router, dependencies=auth)
     app.include_router(me.router, dependencies=auth)
     app.include_router(health.router)
+    # the page's sign-in; /auth/config answers in every mode (the page asks it how to sign in)
+    if settings.oidc_issuer and settings.oidc_web_client_id:
+        authenticator.web = sign_in.WebSessions(authenticator, app.state.redis, settings.oidc_web_client_id)
+    app.include_router(sign_in.router)
 
     if authenticator.open:
         # one user: no credential to read (the bearer scheme's own dependency goes too)

@@ -48,6 +48,7 @@ class Authenticator:
         self.issuer = settings.oidc_issuer
         self.keys = keys if keys is not None or not self.issuer else KeySet(self.issuer)
         self.open = not (self.token or self.issuer)
+        self.web = None  # the page's sessions (pipeq.auth.web), set by create_app with a web client id
         # token → (principal, exp): on the event loop only, so no lock
         self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
         self._generation = 0  # of the key set the remembered tokens were verified with
@@ -105,9 +106,14 @@ def _unauthorized(reason: str, *, invalid: bool = True) -> HTTPException:
 
 
 async def current_principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
-    """Who the request comes from (401/403/503 otherwise); kept in ``request.state.principal``
-    for the log of state-changing requests. Async: it does no I/O on the usual path."""
-    principal = await request.app.state.authenticator.principal(credentials.credentials if credentials else None)
+    """Who the request comes from: its bearer token, else the page's session cookie (401/403/503
+    otherwise); kept in ``request.state.principal`` for the log of state-changing requests.
+    Async: it does no I/O on the usual path."""
+    auth = request.app.state.authenticator
+    if credentials is None and auth.web is not None and (session := request.cookies.get("pipeq_session")):
+        principal = await auth.web.principal(request, session)
+    else:
+        principal = await auth.principal(credentials.credentials if credentials else None)
     request.state.principal = principal
     return principal
 

@@ -57,6 +57,8 @@ class KeySet:
         self.generation = 0
         self._keys: dict[str, SigningKey] = {}
         self._jwks_uri: str | None = None
+        #: the issuer's discovery document, once read (the web sign-in takes its endpoints)
+        self.discovery: dict | None = None
         self._last_refetch = -math.inf  # monotonic time of the latest refetch for an unknown kid
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -114,6 +116,7 @@ class KeySet:
         uri = doc.get("jwks_uri")
         if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
             raise IssuerUnavailable(f"{url} names no jwks_uri")
+        self.discovery = doc
         return uri
 
     def _read(self, url: str) -> dict:

@@ -214,3 +214,43 @@ def test_a_user_outside_the_user_groups_gets_403(oidc, keycloak, make_client):
     oidc.user_groups = ""  # no PIPEQ_USER_GROUPS: every user of the issuer
     with make_client(oidc) as c:
         assert User(c, keycloak.password_token("olga")).get("/me").status_code == 200
+
+
+def test_the_pages_sign_in_endpoints(oidc, keycloak, make_client, conn):
+    """The BFF's edges the browser test does not walk: PKCE S256 and a state bound to the
+    browser; no redirect off the site after sign-in; a callback another browser started, or
+    replayed, is refused; a session cookie that is not one is 401; sign-out needs the page."""
+    import json
+    from urllib.parse import parse_qs, urlsplit
+
+    from pipeq.auth import web
+
+    with make_client(oidc, follow_redirects=False) as c:
+        assert c.get("/auth/config").json() == {"web_sign_in": True, "token": True}
+        r = c.get("/auth/login", params={"next": "https://evil.example/"})
+        assert r.status_code == 302 and r.headers["location"].startswith(f"{keycloak.issuer}/protocol/openid-connect/auth?")
+        q = parse_qs(urlsplit(r.headers["location"]).query)
+        assert q["code_challenge_method"] == ["S256"] and len(q["code_challenge"][0]) == 43 and q["client_id"] == ["pipeq-web"]
+        state = q["state"][0]
+        assert json.loads(conn.get(web.LOGIN_PREFIX + state))["next"] == "/"  # not off the site
+        assert "httponly" in r.headers["set-cookie"].lower() and c.cookies.get(web.LOGIN_COOKIE) == state
+        for bad in ("//evil.example/x", "/\\evil.example", "javascript:alert(1)"):
+            c.get("/auth/login", params={"next": bad})
+            assert json.loads(conn.get(web.LOGIN_PREFIX + c.cookies.get(web.LOGIN_COOKIE)))["next"] == "/", bad
+        c.cookies.clear()
+        r = c.get("/auth/callback", params={"code": "x", "state": state})  # not this browser's sign-in
+        assert r.status_code == 400 and "not started by this browser" in r.text
+        c.cookies.set(web.LOGIN_COOKIE, state, path="/auth")
+        r = c.get("/auth/callback", params={"code": "made-up", "state": state})
+        assert r.status_code == 400 and "refused the sign-in code" in r.text
+        r = c.get("/auth/callback", params={"code": "made-up", "state": state})  # the state is used up
+        assert r.status_code == 400 and "used already" in r.text
+        c.cookies.clear()
+        c.cookies.set(web.SESSION_COOKIE, "not-a-session")
+        assert c.get("/me").status_code == 401
+        assert c.post("/auth/logout").status_code == 403
+        r = c.post("/auth/logout", headers={"X-Requested-With": "pipeq"})
+        assert r.status_code == 200 and "id_token" not in r.json()["logout_url"]
+    oidc.oidc_web_client_id = None
+    with make_client(oidc) as c:
+        assert c.get("/auth/config").json()["web_sign_in"] is False and c.get("/auth/login").status_code == 404

@@ -20,7 +20,9 @@ TOKEN = "s3cret-" + uuid.uuid4().hex
 PROBES = {"/healthz", "/readyz"}
 # Routes that carry no data and must load in a browser before it can send a token: the web
 # page's shell and its static files, and the API's own description.
-PUBLIC_NO_DATA = {"/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC_NO_DATA = {"/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+                  # the page's sign-in (pipeq.auth.web): how to sign in, and the way there and out
+                  "/auth/config", "/auth/login", "/auth/callback", "/auth/logout"}
 FQ = b"".join(b"@r%d\nACGTACGT\n+\nIIIIIIII\n" % i for i in range(20))
 FA = b">c\n" + b"ACGT" * 20 + b"\n"
 
