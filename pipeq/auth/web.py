@@ -217,7 +217,12 @@ async def config(request: Request) -> SignIn:
     return SignIn(web_sign_in=auth.web is not None, token=auth.token is not None)
 
 
-@router.get("/login", response_class=RedirectResponse, status_code=302, summary="Sign in through the identity provider (a redirect)")
+_NO_WEB = {404: {"description": "This pipeq has no web sign-in."}}
+
+
+@router.get("/login", response_class=RedirectResponse, status_code=302,
+            responses={**_NO_WEB, 503: {"description": "The identity provider cannot be reached."}},
+            summary="Sign in through the identity provider (a redirect)")
 async def login(request: Request, next: str = Query("/", max_length=2000)) -> RedirectResponse:
     web = _sessions(request)
     return await run_in_threadpool(web.login, request, _local(next))
@@ -228,7 +233,9 @@ async def callback(request: Request, code: str = Query(..., max_length=4000), st
     return await _sessions(request).callback(request, code, state)
 
 
-@router.post("/logout", response_model=SignedOut, summary="Sign out: the session ends; go to logout_url to end the IdP's too")
+@router.post("/logout", response_model=SignedOut,
+             responses={**_NO_WEB, 403: {"description": "Not from the page (no X-Requested-With: pipeq)."}},
+             summary="Sign out: the session ends; go to logout_url to end the IdP's too")
 async def logout(request: Request) -> JSONResponse:
     if request.headers.get(CSRF_HEADER) != "pipeq":
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="sign out from the page (X-Requested-With: pipeq)")
