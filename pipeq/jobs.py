@@ -40,6 +40,8 @@ class JobStatus(BaseModel):
         "from both ends of a longer queue (counting further would cost Redis time in proportion to the queue).",
     )
     sample: str | None = None
+    owner: str = Field("anonymous", description="Who submitted the job: a principal id (`anonymous`, `admin`, or `oidc:<issuer>|<subject>`).")
+    owner_name: str | None = Field(None, description="The owner's name, as the identity provider gave it when the job was submitted.")
     queue: str | None = Field(None, description="The queue the job is on.")
     attempt: int = Field(0, description="How many times a worker started the job (more than 1 after a worker was lost).")
     worker: str | None = Field(
@@ -118,6 +120,8 @@ def to_status(job: Job, *, position: int | None = None, with_result: bool = True
         progress=meta.get("progress"),
         position=position if status == "queued" else None,
         sample=meta.get("sample"),
+        owner=meta.get("owner") or "anonymous",
+        owner_name=meta.get("owner_name") or meta.get("owner") or "anonymous",
         queue=job.origin,
         attempt=int(meta.get("attempt") or 0),
         worker=job.worker_name if status != "queued" else None,

@@ -20,6 +20,16 @@ ABANDONED_PREFIX = "pipeq:abandoned:"
 PIPELINE_SECONDS = "pipeq:metrics:pipeline_seconds"
 
 
+#: Per owner (a principal's id), the sorted set of that owner's jobs, scored as JOBS_INDEX
+#: (``GET /jobs`` of a user). A job without an owner is ``anonymous``'s.
+OWNER_INDEX_PREFIX = "pipeq:jobs:owner:"
+
+
+def owner_index(owner: str | None) -> str:
+    """The key of the sorted set of ``owner``'s jobs (None: ``anonymous``)."""
+    return OWNER_INDEX_PREFIX + (owner or "anonymous")
+
+
 def abandoned(job_id: str) -> str:
     """The mark that the submission of ``job_id`` was given up (its enqueue can no longer happen)."""
     return ABANDONED_PREFIX + job_id
@@ -63,3 +73,12 @@ WEIGHTS = "pipeq:weights:{queue}"
 ARRIVALS = "pipeq:arrivals:{queue}"
 #: per queue: hash job id → "arrival|owner" of the jobs the feed put into the queue
 FED = "pipeq:fed:{queue}"
+
+
+# Sign-in and ownership (issue 22: pipeq.auth.web, pipeq.api.owners)
+#: a browser session (by the hash of its cookie): the principal's tokens, server-side
+SESSION_PREFIX = "pipeq:session:"
+#: a sign-in under way (by its OIDC state): the PKCE verifier and where to go after
+LOGIN_PREFIX = "pipeq:login:"
+#: who started a presigned upload (by upload id), kept for as long as a submission may name it
+UPLOAD_OWNER_PREFIX = "pipeq:upload-owner:"

@@ -168,6 +168,10 @@ def enqueue_run(
             quotas.admit(p, owner.id, job_id, now, ttl)
             p.zadd(JOBS_INDEX, {job_id: now})
             p.zremrangebyscore(JOBS_INDEX, 0, now - ttl)
+            mine = keys.owner_index(owner.id)
+            p.zadd(mine, {job_id: now})
+            p.zremrangebyscore(mine, 0, now - ttl)
+            p.expire(mine, ttl)  # an owner who stops submitting leaves no index behind
             p.publish(ENQUEUED_CHANNEL, queue_name)
             try:
                 p.execute()
@@ -190,6 +194,7 @@ class _Backlogging(Queue):
             super().push_job_id(job_id, pipeline=pipeline, at_front=at_front)
 
 
+owner_index = keys.owner_index
 # The job exists (1), or the submission is marked abandoned, which aborts its transaction
 # if it is still on its way (0).
 _ABANDON = """

@@ -51,7 +51,7 @@ class QuotaExceeded(Exception):
 
 @dataclass(frozen=True)
 class Owner:
-    """Who a job belongs to, from its meta (see CONTRACT.md: set by the API from the principal)."""
+    """Who a job belongs to, from its meta (set by the API from the principal: pipeq.api.owners.meta_of)."""
 
     id: str
     groups: tuple[str, ...] = ()

@@ -49,7 +49,13 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the API listens on.")
     port: int = Field(8000, description="Port the API listens on.")
     api_workers: int = Field(1, ge=1, description="API processes sharing the port (`pipeq api`). The upload checks are CPU work in Python, so one process serves about one core of them: on a machine of its own give it one per core; in Kubernetes keep 1 and raise the chart's `api.replicas`.")
-    api_token: str | None = Field(None, description="When set, every route but /healthz and /readyz needs 'Authorization: Bearer <token>'.")
+    api_token: str | None = Field(None, description="The admin token: a request with 'Authorization: Bearer <token>' is the principal `admin`, who sees and may stop every job (for scripts). When set, or with `PIPEQ_OIDC_ISSUER`, every route but /healthz, /readyz and the page's shell needs a bearer token; with neither, pipeq has one user, `anonymous`, who may do everything (`make run` on a laptop).")
+    oidc_issuer: str | None = Field(None, description="OIDC sign-in: the issuer URL, exactly as tokens name it in `iss` (its `/.well-known/openid-configuration` names the keys); bearer JWTs it signs are accepted. Unset: no OIDC.")
+    oidc_audience: str | None = Field(None, description="OIDC: the audience (`aud`) a token must name to be accepted; needed with `PIPEQ_OIDC_ISSUER`.")
+    oidc_groups_claim: str = Field("groups", min_length=1, description="OIDC: the token claim holding the user's groups (a list of names).")
+    admin_groups: str = Field("", description="OIDC: comma-separated groups whose members are admins (see and stop every job, read /metrics, no quota).")
+    user_groups: str = Field("", description="OIDC: comma-separated groups whose members may use pipeq (admins always may); a valid token of anyone else gets 403. Empty: every user of the issuer.")
+    oidc_web_client_id: str | None = Field(None, description="OIDC: the client id the web page signs in with (a public client, authorization code with PKCE).")
     max_upload_bytes: int = Field(2 * 1024**3, description="Largest accepted size of one uploaded file (413 above).")
     max_total_upload_bytes: int = Field(4 * 1024**3, description="Largest accepted size of all files of one submission (413 above).")
     reference_hosts: str = Field("", description="Comma-separated `scheme://host[:port]` entries (`*.` for subdomains) that inputs given by URL may come from, e.g. `https://*.ebi.ac.uk,s3://lab-data`; nothing else is fetched (but presigned uploads, in the job store's bucket). A host allowed by a `*.` entry is read from public addresses only; name an internal server exactly.")
@@ -95,8 +101,20 @@ class Settings(BaseSettings):
             raise ValueError("PIPEQ_MIN_WORKERS must not exceed PIPEQ_MAX_WORKERS")
         if any(not w > 0 for w in self.fair_share_weights.values()):
             raise ValueError("PIPEQ_FAIR_SHARE_WEIGHTS: every weight must be more than 0")
+        if self.oidc_issuer and not self.oidc_audience:
+            raise ValueError("PIPEQ_OIDC_ISSUER needs PIPEQ_OIDC_AUDIENCE (the audience its tokens must name)")
+        if self.oidc_issuer and not self.oidc_issuer.startswith(("https://", "http://")):
+            raise ValueError("PIPEQ_OIDC_ISSUER must be an https:// (or http://) URL")
         return self
 
+
+    @property
+    def admin_group_list(self) -> frozenset[str]:
+        return frozenset(g.strip() for g in self.admin_groups.split(",") if g.strip())
+
+    @property
+    def user_group_list(self) -> frozenset[str]:
+        return frozenset(g.strip() for g in self.user_groups.split(",") if g.strip())
 
     @property
     def operator_namespace_list(self) -> list[str]:

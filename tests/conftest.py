@@ -17,8 +17,8 @@ from tests.support.waiting import wait_for  # noqa: F401  (re-exported for the t
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# one control plane per session for every directory that needs it
-pytest_plugins = ["tests.support.cluster_fixtures"]
+# one control plane per session for every directory that needs it; one Keycloak likewise
+pytest_plugins = ["tests.support.cluster_fixtures", "tests.support.keycloak"]
 
 
 @pytest.fixture(scope="session")

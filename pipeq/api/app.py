@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import redis
@@ -12,9 +13,12 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, multiprocess
 
 from pipeq import __version__, queue
-from pipeq.api.deps import require_token
+from pipeq.api import audit
 from pipeq.api.metrics import REGISTRY, QueueCollector
-from pipeq.api.routers import health, jobs, presigned, runs
+from pipeq.api.routers import health, jobs, me, presigned, runs
+from pipeq.auth import ANONYMOUS, Principal, current_principal
+from pipeq.auth import web as sign_in
+from pipeq.auth.dependency import Authenticator
 from pipeq.settings import Settings, get_settings
 from pipeq.storage import Unavailable, open_store
 
@@ -58,8 +62,23 @@ class LimitUploadSize:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="pipeq", version=__version__, description=DESCRIPTION)
+    authenticator = Authenticator(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # the issuer's keys are fetched here and refreshed in the background, not per request
+        if authenticator.keys is not None:
+            authenticator.keys.start()
+        try:
+            yield
+        finally:
+            if authenticator.keys is not None:
+                authenticator.keys.stop()
+
+    app = FastAPI(title="pipeq", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
+    app.state.authenticator = authenticator
+    audit.configure()
     app.state.redis = queue.connect(settings.redis_url)
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several API processes (pipeq api --workers)
@@ -80,15 +99,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # multipart framing adds a little to the files' own size
     app.add_middleware(LimitUploadSize, limit=settings.max_total_upload_bytes + 64 * 1024)
-    # With no token configured there is nothing to check: the routes go without the
-    # dependency (two dependency resolutions per request, ~60 us of a 1 ms status read)
-    auth = [Depends(require_token)] if settings.api_token else []
+    app.add_middleware(audit.AuditLog)
+    # every route of these routers has a principal (401 without one when a mode is on); a
+    # route that uses it names the same dependency, resolved once per request
+    auth = [Depends(current_principal)]
     app.include_router(runs.router, dependencies=auth)
     app.include_router(jobs.router, dependencies=auth)
     app.include_router(presigned.router, dependencies=auth)
+    app.include_router(me.router, dependencies=auth)
     app.include_router(health.router)
+    # the page's sign-in; /auth/config answers in every mode (the page asks it how to sign in)
+    if settings.oidc_issuer and settings.oidc_web_client_id:
+        authenticator.web = sign_in.WebSessions(authenticator, app.state.redis, settings.oidc_web_client_id)
+    app.include_router(sign_in.router)
 
-    if not settings.api_token:
+    if authenticator.open:
+        # one user: no credential to read (the bearer scheme's own dependency goes too)
+        app.dependency_overrides[current_principal] = _anonymous
         _document_without_auth(app)
 
     if STATIC.is_dir():
@@ -101,8 +128,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+async def _anonymous(request: Request) -> Principal:
+    request.state.principal = ANONYMOUS
+    return ANONYMOUS
+
+
 def _document_without_auth(app: FastAPI) -> None:
-    """With no PIPEQ_API_TOKEN the routes are open: say so in the OpenAPI document."""
+    """With no identity configured (mode none) the routes are open: say so in the OpenAPI document."""
     base = app.openapi
 
     def openapi():

@@ -5,8 +5,11 @@ by the API (a ranged read of the head, to check it before the 202) and by the wo
 whole object, into scratch): a user cannot make pipeq read the cluster's internal
 addresses (SSRF) or a bucket its credentials reach but the user should not. An entry is
 ``scheme://host[:port]``, and ``*.`` before a host allows its subdomains; in the job store's
-own bucket, where presigned uploads land, ``<PREFIX>/uploads/`` is always allowed. Redirects are
-not followed (a redirect could point anywhere).
+own bucket, where presigned uploads land, ``<PREFIX>/uploads/<upload_id>/<name>`` is always
+allowed (whose upload it is, the API checks: a user may name their own only), and nothing
+else under the store's prefix ever is, even in a bucket the allow-list names: another job's
+inputs and results are another user's data. Redirects are not followed (a redirect could
+point anywhere).
 
 A host allowed only by a ``*.`` entry is reached at public addresses alone: its name is
 resolved, internal addresses (private, loopback, link-local such as the cloud's metadata
@@ -36,6 +39,8 @@ HEAD_RANGE = 1024 * 1024
 TIMEOUT = 10.0
 SCHEMES = ("s3", "https", "http")
 _CONTENT_RANGE = re.compile(r"bytes \d+-\d+/(\d+)")
+#: A presigned upload's key below the job store's prefix (see S3Store.upload_key).
+_UPLOAD_KEY = re.compile(r"^uploads/([0-9a-f]{32})/[^/]+$")
 
 
 class Refused(Exception):
@@ -64,14 +69,33 @@ def allowed(url: str, settings: Settings) -> str | None:
     if not parts.path.strip("/") or parts.path.endswith("/"):
         return "a reference must name an object, not a folder"
     host = parts.hostname.lower() + (f":{port}" if port else "")
-    if parts.scheme == "s3" and settings.storage.startswith("s3://"):
-        own = urlsplit(settings.storage)
-        uploads = "/".join(p for p in (own.path.strip("/"), "uploads") if p) + "/"
-        if host == own.hostname and parts.path.lstrip("/").startswith(uploads):
+    if (inside := _in_store(url, settings)) is not None:
+        if _UPLOAD_KEY.match(inside):
             return None  # a presigned upload (POST /uploads) into the job store
+        return "the job store's own files cannot be named, but presigned uploads (POST /uploads)"
     if _entry_for(parts.scheme, host, settings) is not None:
         return None
     return f"the host {parts.scheme}://{host} is not allowed (PIPEQ_REFERENCE_HOSTS)"
+
+
+def _in_store(url: str, settings: Settings) -> str | None:
+    """The key of ``url`` below the job store's prefix when it is in the job store, else None."""
+    if not settings.storage.startswith("s3://"):
+        return None
+    parts, own = urlsplit(url), urlsplit(settings.storage)
+    if parts.scheme != "s3" or (parts.hostname or "").lower() != own.hostname or parts.port is not None:
+        return None
+    key, prefix = parts.path.lstrip("/"), own.path.strip("/")
+    if not prefix:
+        return key
+    return key[len(prefix) + 1:] if key.startswith(prefix + "/") else None
+
+
+def upload_of(url: str, settings: Settings) -> str | None:
+    """The upload id when ``url`` names a presigned upload in the job store, else None."""
+    inside = _in_store(url, settings)
+    m = _UPLOAD_KEY.match(inside) if inside is not None else None
+    return m.group(1) if m else None
 
 
 def public_only(url: str, settings: Settings) -> bool:

@@ -4,7 +4,7 @@ a lone user gets every worker, a killed worker's job is still recovered.
 
 The queue-level tests stand in for a worker with the same Redis steps a PipeqWorker takes
 (dequeue from the RQ queue, then feed; at the end, status final, then feed); the owners are
-set in the meta as the API will (CONTRACT.md)."""
+set in the meta as the API does (pipeq.api.owners.meta_of)."""
 
 from __future__ import annotations
 

@@ -326,7 +326,7 @@ def test_presigned_upload_then_a_submission_naming_it(client, backend, dataset, 
     # the store's bucket outside uploads/ is not a reference (another job's inputs, say)
     job_input = refs[0].replace("/uploads/", "/jobs/")
     r = client.post("/run_pipeline", json={"reads": [job_input], "reference": refs[2]})
-    assert r.status_code == 422 and "not allowed" in r.text
+    assert r.status_code == 422 and "job store's own files" in r.text
     # bad completions
     assert client.post("/uploads/" + "0" * 32 + "/complete", json={"parts": [{"part_number": 1, "etag": "x"}]}).status_code == 404
     up = client.post("/uploads", json={"filename": "x.fq", "size": 5}).json()

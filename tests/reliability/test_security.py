@@ -12,7 +12,7 @@ import uuid
 import pytest
 from fastapi.routing import APIRoute
 
-from pipeq.api import deps
+from pipeq.auth import dependency
 
 pytestmark = pytest.mark.reliability
 
@@ -20,7 +20,9 @@ TOKEN = "s3cret-" + uuid.uuid4().hex
 PROBES = {"/healthz", "/readyz"}
 # Routes that carry no data and must load in a browser before it can send a token: the web
 # page's shell and its static files, and the API's own description.
-PUBLIC_NO_DATA = {"/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC_NO_DATA = {"/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+                  # the page's sign-in (pipeq.auth.web): how to sign in, and the way there and out
+                  "/auth/config", "/auth/login", "/auth/callback", "/auth/logout"}
 FQ = b"".join(b"@r%d\nACGTACGT\n+\nIIIIIIII\n" % i for i in range(20))
 FA = b">c\n" + b"ACGT" * 20 + b"\n"
 
@@ -33,7 +35,7 @@ def settings(settings):
 
 def _api_routes(routes, inherited=()):
     """Every APIRoute, also inside included routers (FastAPI >= 0.165 wraps them), with the
-    dependencies its router was included with (create_app adds the token check there)."""
+    dependencies its router was included with (create_app adds the principal there)."""
     for route in routes:
         if isinstance(route, APIRoute):
             route.inherited_dependencies = inherited
@@ -65,6 +67,8 @@ BAD_CREDENTIALS = {
     "other header": {"X-Api-Token": TOKEN},
     "non-ascii": {"Authorization": "Bearer t\u00f6ken".encode("utf-8")},
 }
+#: the ones that present a bearer credential (refused: an invalid token); the rest present none
+REFUSED_BEARER = {"wrong token", "token prefix", "token plus one", "non-ascii"}
 
 
 def test_every_route_but_the_probes_needs_the_token(client):
@@ -78,7 +82,8 @@ def test_every_route_but_the_probes_needs_the_token(client):
         for why, headers in BAD_CREDENTIALS.items():
             r = client.request(method, path, headers=headers, params={"token": TOKEN})
             assert r.status_code == 401, (method, template, why, r.status_code, r.text)
-            assert r.headers.get("www-authenticate") == "Bearer"
+            # a bearer credential that is refused is an invalid token (RFC 6750); none given, a bare challenge
+            assert r.headers.get("www-authenticate") == ('Bearer error="invalid_token"' if why in REFUSED_BEARER else "Bearer"), (why, r.headers)
             checked += 1
         r = client.request(method, path, headers={"Authorization": f"Bearer {TOKEN}"})
         assert r.status_code != 401, (method, template)
@@ -91,13 +96,14 @@ def test_the_public_routes_are_only_the_page_and_the_description(client):
     """Any new route without the token dependency fails here, not in production."""
     for template, _, _ in _calls(client.app):
         route = next(r for r in _api_routes(client.app.routes) if r.path == template)
-        guarded = any(d.call is deps.require_token for d in route.dependant.dependencies) or deps.require_token in route.inherited_dependencies
+        guarded = dependency.current_principal in route.inherited_dependencies or any(
+            d.call in (dependency.current_principal, dependency.admin_principal) for d in route.dependant.dependencies)
         assert guarded or template in PROBES | PUBLIC_NO_DATA, f"{template} has no token check"
     assert client.get("/static/index.html").status_code == 200  # the page's shell, no data
 
 
 def test_token_comparison_is_constant_time():
-    src = inspect.getsource(deps.require_token)
+    src = inspect.getsource(dependency.Authenticator.principal)
     assert "hmac.compare_digest(" in src and "==" not in src.replace("compare_digest", "")
 
 

@@ -15,7 +15,7 @@ from pipeq.inputs.checks import InvalidInput, check_fastq, head_of
 
 def test_only_listed_schemes_and_hosts_are_allowed():
     s = Settings(reference_hosts="https://*.ebi.ac.uk, s3://lab-data,http://127.0.0.1:8080", storage="s3://jobs-bucket/pipeq")
-    for ok in ("https://ftp.ebi.ac.uk/a/r.fq.gz", "s3://lab-data/x/r.fq", "http://127.0.0.1:8080/r.fa", "s3://jobs-bucket/pipeq/uploads/1/r.fq"):
+    for ok in ("https://ftp.ebi.ac.uk/a/r.fq.gz", "s3://lab-data/x/r.fq", "http://127.0.0.1:8080/r.fa", "s3://jobs-bucket/pipeq/uploads/" + "a" * 32 + "/r.fq"):
         assert allowed(ok, s) is None, ok
     for bad, why in (
         ("https://ebi.ac.uk.evil.com/r.fq", "not allowed"),
@@ -23,7 +23,9 @@ def test_only_listed_schemes_and_hosts_are_allowed():
         ("https://169.254.169.254/latest/meta-data/x", "not allowed"),
         ("http://127.0.0.1:6379/x", "not allowed"),
         ("s3://other/x", "not allowed"),
-        ("s3://jobs-bucket/pipeq/jobs/0123/inputs/r.fq", "not allowed"),  # the store's bucket: its uploads/ only
+        ("s3://jobs-bucket/pipeq/jobs/0123/inputs/r.fq", "job store's own files"),  # the store's bucket: its uploads/ only
+        ("s3://jobs-bucket/pipeq/uploads/1/r.fq", "job store's own files"),  # not an upload's key
+        ("s3://jobs-bucket/pipeq/uploads/" + "a" * 32 + "/x/r.fq", "job store's own files"),
         ("file:///etc/passwd", "s3:// or https://"),
         ("gopher://127.0.0.1/x", "s3:// or https://"),
         ("https://user:pw@ftp.ebi.ac.uk/r.fq", "credentials"),
@@ -32,6 +34,19 @@ def test_only_listed_schemes_and_hosts_are_allowed():
     ):
         assert why in (allowed(bad, s) or ""), bad
     assert allowed("s3://jobs-bucket/x", Settings()) is not None  # the file backend has no bucket
+
+
+def test_the_job_store_is_closed_even_where_the_allow_list_names_its_bucket():
+    s = Settings(reference_hosts="s3://jobs-bucket", storage="s3://jobs-bucket/pipeq")
+    upload = "s3://jobs-bucket/pipeq/uploads/" + "b" * 32 + "/r.fq"
+    assert allowed(upload, s) is None and references.upload_of(upload, s) == "b" * 32
+    assert allowed("s3://jobs-bucket/lab/r.fq", s) is None and references.upload_of("s3://jobs-bucket/lab/r.fq", s) is None
+    for other_job in ("s3://jobs-bucket/pipeq/jobs/" + "c" * 32 + "/output/S1.bam", "s3://JOBS-BUCKET/pipeq/jobs/x/r.fq",
+                      "s3://jobs-bucket//pipeq/jobs/x/r.fq", "s3://jobs-bucket/pipeq//uploads/" + "b" * 32 + "/r.fq"):
+        assert "job store's own files" in (allowed(other_job, s) or ""), other_job
+    whole = Settings(reference_hosts="s3://jobs-bucket", storage="s3://jobs-bucket")  # no prefix: the bucket is the store
+    assert "job store's own files" in (allowed("s3://jobs-bucket/lab/r.fq", whole) or "")
+    assert references.upload_of("s3://jobs-bucket/uploads/" + "d" * 32 + "/r.fq", whole) == "d" * 32
 
 
 def test_hosts_allowed_by_a_wildcard_are_read_from_public_addresses_only():

@@ -8,7 +8,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from pipeq.api.deps import get_redis, require_token
+from pipeq.api.deps import get_redis
+from pipeq.auth import admin_principal
 from pipeq.api.metrics import REGISTRY
 
 router = APIRouter(tags=["health"])
@@ -35,6 +36,8 @@ def readyz(conn: redis.Redis = Depends(get_redis)):
     return Health(status="ok")
 
 
-@router.get("/metrics", dependencies=[Depends(require_token)], response_class=Response, summary="Prometheus metrics")
+@router.get("/metrics", dependencies=[Depends(admin_principal)], response_class=Response,
+            responses={401: {"description": "No valid bearer token."}, 403: {"description": "Not an admin."}},
+            summary="Prometheus metrics (admins and the admin token)")
 def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)

@@ -5,6 +5,10 @@ and returns one presigned PUT URL per part; the client PUTs the parts to the sto
 ``POST /uploads/{id}/complete`` with each part's ETag finishes it and returns the file's
 ``s3://`` reference, which a JSON submission names (and checks, as any reference). The
 bytes never pass through the API. Only with ``PIPEQ_STORAGE=s3://...``.
+
+An upload belongs to who started it: only they (or an admin) may complete it, and only they
+may name its reference in a submission (pipeq.api.owners keeps its owner for as long as a
+job may name it).
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from pydantic import BaseModel, Field
 
 from pipeq import keys
 from pipeq.storage import names
+from pipeq.api import owners
 from pipeq.api.deps import get_redis, get_settings, get_store
+from pipeq.auth import Principal, current_principal
 from pipeq.settings import Settings
 from pipeq.storage import NotFound, Store, Unavailable
 
-router = APIRouter(prefix="/uploads", tags=["uploads"])  # the token check, if any, is added by create_app
+router = APIRouter(prefix="/uploads", tags=["uploads"])  # create_app adds the principal (401 without one) to every route
 
 #: How long the presigned part URLs, and an unfinished upload's record, last.
 EXPIRES_SECONDS = 6 * 3600
@@ -87,7 +93,8 @@ async def uploads_info(settings: Settings = Depends(get_settings), store: Store 
     responses={400: {"description": "The body is not JSON."}, 409: {"description": "This server keeps job files on a volume, not in object storage."}, 413: {"description": "The file is larger than the server accepts."}, 422: {"description": "A bad file name."}, 503: {"description": "The object store or Redis is unreachable."}},
     summary="Start a presigned multipart upload of one file",
 )
-def start_upload(given: NewUpload, settings: Settings = Depends(get_settings), store: Store = Depends(get_store), conn: redis.Redis = Depends(get_redis)) -> Upload:
+def start_upload(given: NewUpload, settings: Settings = Depends(get_settings), store: Store = Depends(get_store), conn: redis.Redis = Depends(get_redis),
+                 principal: Principal = Depends(current_principal)) -> Upload:
     s3 = _s3_store(store)
     if given.size > settings.max_upload_bytes:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=f"{given.filename}: {given.size} bytes, more than the {settings.max_upload_bytes} accepted bytes per file")
@@ -96,24 +103,27 @@ def start_upload(given: NewUpload, settings: Settings = Depends(get_settings), s
     upload_id = uuid.uuid4().hex
     key = s3.upload_key(upload_id, names.sanitize_filename(given.filename, "upload"))
     s3_upload, part_size, urls = s3.start_upload(key, given.size, EXPIRES_SECONDS, signer=_signer(settings))
-    conn.set(keys.upload(upload_id), json.dumps({"key": key, "s3_upload": s3_upload, "size": given.size}), ex=EXPIRES_SECONDS)
+    # its owner first: a record without one is never there for a submission to name
+    owners.record_upload(conn, upload_id, principal, EXPIRES_SECONDS + settings.job_ttl)
+    conn.set(keys.upload(upload_id), json.dumps({"key": key, "s3_upload": s3_upload, "size": given.size, "owner": principal.id}), ex=EXPIRES_SECONDS)
     return Upload(upload_id=upload_id, part_size=part_size, parts=[PartURL(part_number=i, url=u) for i, u in enumerate(urls, 1)], expires_in=EXPIRES_SECONDS)
 
 
 @router.post(
     "/{upload_id}/complete",
     response_model=Uploaded,
-    responses={400: {"description": "The body is not JSON."}, 404: {"description": "No such upload (or it expired)."}, 409: {"description": "This server keeps job files on a volume, not in object storage."}, 413: {"description": "The parts add up to more than the server accepts."}, 422: {"description": "The parts do not make up the file (a missing part or a wrong ETag)."}},
+    responses={400: {"description": "The body is not JSON."}, 404: {"description": "No such upload (or it expired, or it is another user's)."}, 409: {"description": "This server keeps job files on a volume, not in object storage."}, 413: {"description": "The parts add up to more than the server accepts."}, 422: {"description": "The parts do not make up the file (a missing part or a wrong ETag)."}},
     summary="Finish a presigned upload; returns the reference to submit",
 )
-def complete_upload(upload_id: str, given: Complete, settings: Settings = Depends(get_settings), store: Store = Depends(get_store), conn: redis.Redis = Depends(get_redis)) -> Uploaded:
+def complete_upload(upload_id: str, given: Complete, settings: Settings = Depends(get_settings), store: Store = Depends(get_store), conn: redis.Redis = Depends(get_redis),
+                    principal: Principal = Depends(current_principal)) -> Uploaded:
     """A plain ``def``: its Redis and S3 calls block, so FastAPI runs it in the thread pool
     (as an ``async def`` it made them on the event loop, stalling every other request)."""
     s3 = _s3_store(store)
     raw = conn.get(keys.upload(upload_id)) if names.JOB_ID_RE.match(upload_id) else None
-    if raw is None:
+    up = json.loads(raw) if raw is not None else None
+    if up is None or not principal.owns(up.get("owner")):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no upload {upload_id!r} (it may have expired)")
-    up = json.loads(raw)
     try:
         size = s3.complete_upload(up["key"], up["s3_upload"], [(p.part_number, p.etag) for p in given.parts])
     except NotFound:

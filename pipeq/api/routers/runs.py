@@ -14,18 +14,19 @@ from pydantic import BaseModel, Field, ValidationError
 from rq.job import Job
 
 from pipeq import jobs, queue
+from pipeq.api import owners, uploads
 from pipeq.quotas import QuotaExceeded
-from pipeq.api import uploads
 from pipeq.api.deps import get_redis, get_settings, get_store
 from pipeq.api.metrics import SUBMISSIONS
 from pipeq.api.uploads import Rejected
+from pipeq.auth import Principal, current_principal
 from pipeq.inputs import references
 from pipeq.inputs.checks import InvalidInput, check_fasta, check_fastq, head_of
 from pipeq.settings import Settings
 from pipeq.storage import Staging, Store, Unavailable
 from pipeq.storage import names as safe_names
 
-router = APIRouter(tags=["runs"])  # the token check, if any, is added by create_app
+router = APIRouter(tags=["runs"])  # create_app adds the principal (401 without one) to every route
 
 SAMPLE_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 _SAMPLE = re.compile(SAMPLE_PATTERN)
@@ -57,7 +58,8 @@ class RunPipelineReferences(BaseModel):
     response_model=jobs.Submitted,
     responses={
         400: {"description": "The body is not valid multipart/form-data."},
-        401: {"description": "A bearer token is configured and this request lacks it."},
+        401: {"description": "Identity is configured (a token or OIDC) and this request has no valid bearer token."},
+        403: {"description": "The user is not in a group allowed to use pipeq."},
         413: {"description": "A file, or all files together, is larger than the server accepts."},
         415: {"description": "The body is not multipart/form-data."},
         422: {"description": "A file is not what it should be (the reason names the field and the problem)."},
@@ -82,15 +84,19 @@ async def run_pipeline(
     settings: Settings = Depends(get_settings),
     conn: redis.Redis = Depends(get_redis),
     store: Store = Depends(get_store),
+    principal: Principal = Depends(current_principal),
 ) -> Response:
-    """Check the uploads, store them as a new job's inputs, and enqueue the run.
+    """Check the uploads, store them as a new job's inputs, and enqueue the run, owned by
+    the caller.
 
     Answers 202 at once with the `job_id`; poll `status_url`. On any rejection nothing is
-    enqueued and nothing is left in storage.
+    enqueued and nothing is left in storage. A JSON submission may name presigned uploads
+    of the caller's own only, and no file of the job store but those.
     """
     job_id = uuid.uuid4().hex
+    request.state.job_id = job_id  # for the audit line
     if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
-        return await _run_references(request, settings, conn, job_id)
+        return await _run_references(request, settings, conn, job_id, principal)
     staging = store.staging(job_id)
     namer = _Namer()
     try:
@@ -104,7 +110,7 @@ async def run_pipeline(
             max_total_bytes=settings.max_total_upload_bytes,
             keep=FIELDS,
         )
-        return await run_in_threadpool(_submit, settings, conn, job_id, parts, staging, namer)
+        return await run_in_threadpool(_submit, settings, conn, job_id, parts, staging, namer, principal)
     except BaseException as e:
         # whatever went wrong (a refusal, a full disk, the store, Redis, the client gone):
         # nothing stays, but for an enqueue that may have happened: then the job's inputs
@@ -123,7 +129,7 @@ async def run_pipeline(
         raise
 
 
-async def _run_references(request: Request, settings: Settings, conn: redis.Redis, job_id: str) -> Response:
+async def _run_references(request: Request, settings: Settings, conn: redis.Redis, job_id: str, principal: Principal) -> Response:
     body = await request.body()
     if len(body) > uploads.MAX_FIELD_BYTES:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=f"a JSON body of more than {uploads.MAX_FIELD_BYTES} bytes")
@@ -132,7 +138,7 @@ async def _run_references(request: Request, settings: Settings, conn: redis.Redi
     except ValidationError as e:
         raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False, include_input=False)]) from None
     try:
-        return await run_in_threadpool(_submit_references, settings, conn, job_id, given)
+        return await run_in_threadpool(_submit_references, settings, conn, job_id, given, principal)
     except QuotaExceeded as e:
         return _over_quota(e)
     except Rejected as e:
@@ -140,9 +146,10 @@ async def _run_references(request: Request, settings: Settings, conn: redis.Redi
         raise _refusal(e) from None
 
 
-def _submit_references(settings: Settings, conn: redis.Redis, job_id: str, given: RunPipelineReferences) -> Response:
-    """Check each referenced input by a ranged read of its head, then enqueue the run; the
-    worker fetches them. Nothing is stored at submission."""
+def _submit_references(settings: Settings, conn: redis.Redis, job_id: str, given: RunPipelineReferences, principal: Principal) -> Response:
+    """Check each referenced input (the caller's own presigned upload, or allowed by
+    PIPEQ_REFERENCE_HOSTS) by a ranged read of its head, then enqueue the run; the worker
+    fetches them. Nothing is stored at submission."""
     names: dict = {"reads": []}
     sources: dict[str, str] = {}
     used: set[str] = set()
@@ -154,6 +161,9 @@ def _submit_references(settings: Settings, conn: redis.Redis, job_id: str, given
         label = f"{field.split('[')[0]}" if len(given.reads) == 1 or field == "reference" else field
         if why := references.allowed(url, settings):
             raise Rejected(422, label, f"{url}: {why}")
+        if (upload_id := references.upload_of(url, settings)) is not None and not owners.owns_upload(conn, upload_id, principal):
+            # the same answer for another user's upload as for none: nothing to learn from it
+            raise Rejected(422, label, f"{url}: no presigned upload of yours (POST /uploads) is at this URL")
         try:
             head = references.head(url, public=references.public_only(url, settings))
         except references.Refused as e:
@@ -173,7 +183,7 @@ def _submit_references(settings: Settings, conn: redis.Redis, job_id: str, given
             names["reference"] = name
         else:
             names["reads"].append(name)
-    meta = {"sample": given.sample, "attempt": 0, "inputs": names}
+    meta = {"sample": given.sample, "attempt": 0, "inputs": names, **owners.meta_of(principal)}
     kwargs = {"reads": names["reads"], "reference": names["reference"], "sample": given.sample, "sources": sources}
     return _enqueue(settings, conn, job_id, kwargs, meta)
 
@@ -195,13 +205,13 @@ def _no_storage(e: OSError) -> HTTPException:
     return HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, detail=f"the server cannot store the uploads: {e.strerror or e}")
 
 
-def _submit(settings: Settings, conn: redis.Redis, job_id: str, parts: list[uploads.Part], staging: Staging, namer: _Namer) -> Response:
+def _submit(settings: Settings, conn: redis.Redis, job_id: str, parts: list[uploads.Part], staging: Staging, namer: _Namer, principal: Principal) -> Response:
     """Check, store and enqueue (in the thread pool). Raises Rejected, Unavailable, OSError
     or RedisError; the caller then discards ``staging``."""
     reads, reference, sample = _fields(parts)
     names = _store_and_check(staging, namer, reads, reference)
     staging.commit()
-    meta = {"sample": sample, "attempt": 0, "inputs": names}
+    meta = {"sample": sample, "attempt": 0, "inputs": names, **owners.meta_of(principal)}
     kwargs = {"reads": names["reads"], "reference": names["reference"], "sample": sample}
     return _enqueue(settings, conn, job_id, kwargs, meta)
 
@@ -303,24 +313,26 @@ def _store_and_check(staging: Staging, namer: _Namer, reads: list[uploads.Part],
 @router.get(
     "/job_status/{job_id}",
     response_model=jobs.JobStatus,
-    responses={404: {"description": "No such job (or it expired)."}},
+    responses={404: {"description": "No such job (or it expired, or it is another user's)."}},
     summary="A job's state, progress, result or error",
 )
-def job_status(job_id: str, conn: redis.Redis = Depends(get_redis)) -> Response:
+def job_status(job_id: str, conn: redis.Redis = Depends(get_redis), principal: Principal = Depends(current_principal)) -> Response:
     # JSON straight from the model: returned as a model, FastAPI would dump it, validate it
     # again against response_model and serialise it (the OpenAPI schema still comes from
     # response_model)
-    return Response(status_of(conn, job_id).model_dump_json(), media_type="application/json")
+    return Response(status_of(conn, job_id, principal).model_dump_json(), media_type="application/json")
 
 
-def job_or_404(conn: redis.Redis, job_id: str) -> tuple[Job, int | None]:
-    """The job and its queue position (see ``jobs.fetch_for_status``); 404 if there is none."""
+def job_or_404(conn: redis.Redis, job_id: str, principal: Principal) -> tuple[Job, int | None]:
+    """The job and its queue position (see ``jobs.fetch_for_status``); 404 if there is none,
+    or if it is not the principal's and the principal is no admin: to anyone else another
+    user's job does not exist (the same answer, so a guessed id tells nothing)."""
     found = jobs.fetch_for_status(conn, job_id) if safe_names.JOB_ID_RE.match(job_id) else None
-    if found is None:
+    if found is None or not principal.owns((found[0].meta or {}).get("owner")):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {job_id!r}")
     return found
 
 
-def status_of(conn: redis.Redis, job_id: str) -> jobs.JobStatus:
-    job, position = job_or_404(conn, job_id)
+def status_of(conn: redis.Redis, job_id: str, principal: Principal) -> jobs.JobStatus:
+    job, position = job_or_404(conn, job_id, principal)
     return jobs.to_status(job, position=position)

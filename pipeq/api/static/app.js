@@ -9,10 +9,23 @@ const FINAL = new Set(["finished", "failed", "canceled", "stopped"]);
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "pipeq-token";
 
-// ---- API access: one place for the bearer token ------------------------------------------
+// ---- API access: one place for the credentials ------------------------------------------
+// Signed in through the identity provider, the browser holds an HttpOnly session cookie (the
+// page never sees a token) and X-Requested-With marks the page's own requests (the server
+// refuses a state-changing request on the cookie without it: another site cannot send it).
+// With the admin token only, the token is asked for and kept in sessionStorage.
 function authHeaders() {
   const t = sessionStorage.getItem(TOKEN_KEY);
-  return t ? { Authorization: `Bearer ${t}` } : {};
+  return t ? { Authorization: `Bearer ${t}`, "X-Requested-With": "pipeq" } : { "X-Requested-With": "pipeq" };
+}
+const signInConfig = fetch("/auth/config").then((r) => r.json()).catch(() => ({ web_sign_in: false }));
+function signIn() {
+  location.assign(`/auth/login?next=${encodeURIComponent("/" + (location.hash || "#/"))}`);
+  return new Promise(() => {});  // the page is leaving
+}
+async function needCredentials(message) {
+  if ((await signInConfig).web_sign_in && !sessionStorage.getItem(TOKEN_KEY)) return signIn();
+  return askToken(message);
 }
 
 let tokenAsk = null;
@@ -26,6 +39,7 @@ function askToken(message) {
       sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
       tokenAsk = null;
       resolve();
+      loadMe().catch(() => {});  // who the token is
     };
     dlg.showModal();
     $("token").focus();
@@ -37,7 +51,7 @@ async function api(path, options = {}) {
   for (let tries = 0; ; tries++) {
     const res = await fetch(path, { ...options, headers: { ...(options.headers || {}), ...authHeaders() } });
     if (res.status !== 401 || tries > 2) return res;
-    await askToken(sessionStorage.getItem(TOKEN_KEY) ? "That token was not accepted." : "");
+    await needCredentials(sessionStorage.getItem(TOKEN_KEY) ? "That token was not accepted." : "");
   }
 }
 
@@ -63,6 +77,30 @@ function fmtDuration(s) {
   const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
   return h ? `${h} h ${m} min` : m ? `${m} min ${sec} s` : `${sec} s`;
 }
+
+// ---- who is using the page (GET /me): the name in the header; admins see an owner column ----
+let me = null;
+const meReady = loadMe().catch(() => {});
+async function loadMe() {
+  // not api(): with the admin token only, the page asks for it at the first action, not on load
+  const res = await fetch("/me", { headers: authHeaders() });
+  if (res.status === 401 && (await signInConfig).web_sign_in && !sessionStorage.getItem(TOKEN_KEY)) return signIn();
+  if (!res.ok) return;
+  me = await res.json();
+  setText($("whoami-name"), me.mode === "none" ? "" : `${me.name}${me.admin ? " (admin)" : ""}`);
+  show($("whoami"), me.mode !== "none");
+  const session = (await signInConfig).web_sign_in && !sessionStorage.getItem(TOKEN_KEY);
+  show($("sign-out"), session);
+  $("sign-out").onclick = signOut;
+  show($("jobs-owner"), showOwners());
+}
+async function signOut() {
+  const res = await fetch("/auth/logout", { method: "POST", headers: { "X-Requested-With": "pipeq" } });
+  const body = res.ok ? await res.json() : {};
+  location.assign(body.logout_url || "/");  // the identity provider ends its session too, and sends us back
+}
+// with no identity configured every job is anonymous's: no column to show
+function showOwners() { return !!(me && me.admin && me.mode !== "none"); }
 
 // ---- routing ------------------------------------------------------------------------------
 let stopPolling = () => {};
@@ -187,7 +225,7 @@ function upload(data) {
       location.hash = `#/jobs/${job_id}`;
       return;
     }
-    if (xhr.status === 401) { await askToken(""); upload(data); return; }
+    if (xhr.status === 401) { await needCredentials(""); upload(data); return; }
     if (xhr.status === 0) { showError(null, "The upload did not reach the server. Is it running?"); return; }
     let body = null;
     try { body = JSON.parse(xhr.responseText); } catch (err) { /* not JSON */ }
@@ -449,6 +487,7 @@ function openJobs() {
 }
 
 async function loadJobs() {
+  await meReady;
   const res = await api(`/jobs?limit=${jobsLimit}`);
   if (!res.ok) return true;
   const { jobs, total } = await res.json();
@@ -458,12 +497,14 @@ async function loadJobs() {
     const tr = rows.get(j.job_id) || newRow(j.job_id);
     const cells = tr.children;
     setText(cells[1], j.sample || "—");
-    const badge = cells[2].firstChild;
+    setText(cells[2], j.owner_name || j.owner);
+    show(cells[2], showOwners());
+    const badge = cells[3].firstChild;
     setText(badge, j.status);
     badge.className = `badge ${j.status}`;
-    setText(cells[3], fmtTime(j.enqueued_at));
-    setText(cells[4], fmtTime(j.ended_at));
-    const btn = cells[5].firstChild;
+    setText(cells[4], fmtTime(j.enqueued_at));
+    setText(cells[5], fmtTime(j.ended_at));
+    const btn = cells[6].firstChild;
     show(btn, !FINAL.has(j.status));
     setText(btn, j.status === "queued" ? "Cancel" : "Stop");
     return tr;
@@ -478,19 +519,19 @@ async function loadJobs() {
 function newRow(id) {
   const tr = document.createElement("tr");
   tr.dataset.id = id;
-  const cells = [0, 1, 2, 3, 4, 5].map(() => document.createElement("td"));
+  const cells = [0, 1, 2, 3, 4, 5, 6].map(() => document.createElement("td"));  // job sample owner status submitted ended actions
   const a = document.createElement("a");
   a.href = `#/jobs/${id}`;
   a.textContent = id.slice(0, 8);
   a.setAttribute("aria-label", `job ${id}`);
   cells[0].append(a);
   const badge = document.createElement("span");
-  cells[2].append(badge);
+  cells[3].append(badge);
   const btn = document.createElement("button");
   btn.type = "button";
   btn.className = "link";
   btn.onclick = async () => { btn.disabled = true; await api(`/jobs/${id}`, { method: "DELETE" }); btn.disabled = false; loadJobs(); };
-  cells[5].append(btn);
+  cells[6].append(btn);
   tr.append(...cells);
   return tr;
 }
