@@ -210,11 +210,13 @@ def test_a_killed_worker_s_job_is_recovered_and_its_slot_kept(conn, settings, wo
     os.killpg(w.pid, signal.SIGKILL)
     w.wait()
     workers.start(**env)
-    # the lost job runs again first (the head of the queue), then the others, all finish
+    # the lost job runs again (requeued at the head once its lease is found expired; a job
+    # the feed put in the queue before may still go first), and every job finishes
     wait_for(lambda: all(queue.fetch_job(conn, j).get_status().value == "finished" for j in a + b), timeout=60,
              what="every job finished")
     starts = _starts(trace)
-    assert starts[:2] == [first, first] and sorted(starts[2:]) == sorted(set(a + b) - {first}), starts
+    assert starts[0] == first and starts.count(first) == 2, starts
+    assert sorted(set(starts)) == sorted(set(a + b)) and len(starts) == len(a + b) + 1, starts
     assert queue.fetch_job(conn, first).meta["attempt"] == 2
     assert quotas.usage(conn, "alice", (), settings)["active_jobs"] == 0
 
