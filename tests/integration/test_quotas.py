@@ -121,7 +121,24 @@ def capped(settings):
     return settings
 
 
-def test_api_answers_429_with_retry_after_and_keeps_nothing(client, dataset, conn, capped):
+@pytest.fixture
+def alice(make_client, capped):
+    """A client of the API signed in as alice, an OIDC user (a local issuer's token): the
+    quotas cap users, not the lone user of a laptop's pipeq (mode none), who is its admin."""
+    from tests.support.oidc_issuer import LocalIssuer
+
+    issuer = LocalIssuer().start()
+    capped.oidc_issuer, capped.oidc_audience = issuer.url, issuer.audience
+    token = issuer.sign(sub="alice", preferred_username="alice")
+    try:
+        with make_client(headers={"Authorization": f"Bearer {token}"}) as c:
+            yield c
+    finally:
+        issuer.stop()
+
+
+def test_api_answers_429_with_retry_after_and_keeps_nothing(alice, dataset, conn, capped):
+    client = alice
     ids = [submit(client, dataset) for _ in range(2)]
     files = [("reads", (p.name, p.read_bytes())) for p in dataset.reads] + [("reference", (dataset.reference.name, dataset.reference.read_bytes()))]
     r = client.post("/run_pipeline", files=files)

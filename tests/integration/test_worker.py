@@ -166,8 +166,8 @@ def test_cancel_of_a_job_a_worker_takes_meanwhile_stops_it(client, dataset, work
     job_id = submit(client, dataset)
     real = jobs_router.job_or_404
 
-    def stale_read(conn, job_id):
-        found = real(conn, job_id)  # read while queued ...
+    def stale_read(conn, job_id, *rest):
+        found = real(conn, job_id, *rest)  # read while queued ...
         workers.start(PIPEQ_TEST_SLEEP=30, PIPEQ_TEST_TRACE=trace)
         wait_for(lambda: trace.exists(), timeout=15, what="a worker to take the job")  # ... taken since
         return found
