@@ -79,31 +79,35 @@ def enqueue_run(
     """
     q = get_queue(conn, queue_name)
     now = time.time()
+    sent = False
     # One transaction: the job, its place in the queue and in the index (RQ alone makes two
     # round trips, each an fsync with appendfsync always), after a WATCH of the abandoned mark.
-    with conn.pipeline() as p:
-        p.watch(ABANDONED_PREFIX + job_id)  # if this fails, nothing of the job was sent
-        p.multi()
-        job = q.enqueue_call(
-            TASK,
-            kwargs=kwargs,
-            job_id=job_id,
-            timeout=-1,
-            result_ttl=ttl,
-            failure_ttl=ttl,
-            meta=meta,
-            # a lost job goes back to the head of the queue: it waited its turn once already
-            retry=Retry(max=retries, enqueue_at_front=True) if retries else None,
-            pipeline=p,
-        )
-        p.zadd(JOBS_INDEX, {job_id: now})
-        p.zremrangebyscore(JOBS_INDEX, 0, now - ttl)
-        p.publish(ENQUEUED_CHANNEL, queue_name)
-        try:
+    try:
+        with conn.pipeline() as p:
+            p.watch(ABANDONED_PREFIX + job_id)  # if this fails, nothing of the job was sent
+            p.multi()
+            job = q.enqueue_call(
+                TASK,
+                kwargs=kwargs,
+                job_id=job_id,
+                timeout=-1,
+                result_ttl=ttl,
+                failure_ttl=ttl,
+                meta=meta,
+                # a lost job goes back to the head of the queue: it waited its turn once already
+                retry=Retry(max=retries, enqueue_at_front=True) if retries else None,
+                pipeline=p,
+            )
+            p.zadd(JOBS_INDEX, {job_id: now})
+            p.zremrangebyscore(JOBS_INDEX, 0, now - ttl)
+            p.publish(ENQUEUED_CHANNEL, queue_name)
+            sent = True
             p.execute()
-        except redis.RedisError as e:
-            if not _exists_or_abandon(conn, job_id, e):
-                raise
+    except redis.RedisError as e:
+        # checked once out of the block: leaving it after a failed EXEC sends UNWATCH, whose
+        # TimeoutError from a stalled Redis would otherwise stand in for the check's answer
+        if not sent or not _exists_or_abandon(conn, job_id, e):
+            raise
     return job
 
 
