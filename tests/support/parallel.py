@@ -2,17 +2,19 @@
 
 Every test is a unit of its own, given to whichever worker is free, except the tests of a
 group in ``GROUPS``, which run one after another, in the collection's order, on one worker:
-they share one server that only one process may own. A group goes to its worker as that
-worker's first unit, so the worker knows at its session start that the group is its own
-and brings the server up in the background while the other workers run the rest: the
-kind cluster (tests/kind/conftest.py).
+they share a server that only one process may own, or that costs much to start. A group
+goes to its worker as that worker's first unit, so the worker knows at its session start
+that the group is its own and brings the server up in the background while the other
+workers run the rest: the kind cluster (tests/kind/conftest.py), the control plane (tests/support/cluster_fixtures.py).
+Any worker beyond those runs ungrouped tests from the start (``-n 3``: one).
 
 Groups are named by path here, not by ``@pytest.mark.xdist_group``: pytest-xdist 3.8 groups
 by renaming ``item._nodeid``, which pytest 9.2 no longer reads (node ids come from
 ``item._id``), so under this pytest its loadgroup spreads a marked group over the workers.
 
-Every session fixture is per worker: each worker has its own redis-server, S3 server,
-toxiproxy and control plane, on free ports, in its own temporary folders.
+Every other session fixture is per worker: each worker has its own redis-server, S3 server
+and toxiproxy, on free ports, in its own temporary folders (and a control plane of its own,
+started on first use, if it is given a test outside the group that asks for one).
 
 Loaded by tests/conftest.py; a session without ``-n`` (or with ``-p no:xdist``) runs every
 group itself.
@@ -24,9 +26,13 @@ import pytest
 
 #: the kind tests: one cluster per session, made and deleted by the worker that runs them
 KIND = "kind"
+#: the tests on the control plane (tests/support/cluster_fixtures.py): one per worker would
+#: cost each worker a minute of CPU under load to start, so one worker runs them all
+CLUSTER = "cluster"
 #: group → (the node id prefixes of its tests, the worker that runs it)
 GROUPS: dict[str, tuple[tuple[str, ...], str]] = {
     KIND: (("tests/kind/",), "gw0"),
+    CLUSTER: (("tests/cluster/", "tests/reliability/test_operator_stalls.py", "tests/reliability/test_rbac.py"), "gw1"),
 }
 
 
