@@ -16,9 +16,9 @@ from tests.support.waiting import wait_for  # noqa: F401  (re-exported for the t
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# one control plane per session (per xdist worker) for every directory that needs it, and the
-# scheduler that keeps the kind tests on one worker
-pytest_plugins = ["tests.support.cluster_fixtures", "tests.support.parallel"]
+# the scheduler that keeps the kind tests and the control plane's each on one xdist worker, and
+# one control plane per session for every directory that needs it
+pytest_plugins = ["tests.support.parallel", "tests.support.cluster_fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,10 @@ from tests.support.processnode import ProcessNode, make_pipeq_shim
 
 #: the control plane being started in the background, and how that went
 _early: dict = {"thread": None, "cluster": None, "node": None, "error": None, "used": False}
+_ready = threading.Event()
+#: set once the control plane is stopped: the thread that started it may end (its processes
+#: run under ``setpriv --pdeathsig KILL``, and the parent whose death kills them is that thread)
+_released = threading.Event()
 
 
 def pytest_configure(config):
@@ -90,17 +94,22 @@ def _start_early() -> None:
         _early["cluster"], _early["node"] = _start()
     except Exception as e:  # noqa: BLE001  (raised again by the fixture)
         _early["error"] = e
+        return
+    finally:
+        _ready.set()
+    _released.wait()
 
 
 def pytest_sessionfinish(session, exitstatus):
     """Stop a control plane started early that no test used (the session ended first)."""
     if _early["thread"] is None or _early["used"]:
         return
-    _early["thread"].join()
+    _ready.wait()
     if _early["cluster"] is not None:
         _early["node"].stop()
         _early["cluster"].stop()
         shutil.rmtree(_workdir(), ignore_errors=True)
+    _released.set()
 
 
 def _workdir() -> Path:
@@ -128,7 +137,7 @@ def cluster():
     """A started control plane with a process node; stopped (and checked) at session end."""
     if _early["thread"] is not None:
         _early["used"] = True
-        _early["thread"].join()
+        _ready.wait()
         if _early["error"] is not None:
             raise _early["error"]
         c, node = _early["cluster"], _early["node"]
@@ -144,6 +153,7 @@ def cluster():
         leftover = [pid for pid in node.all_pids() if _exists(pid)]
         if not os.environ.get("PIPEQ_KEEP_CLUSTER_LOGS"):
             shutil.rmtree(workdir, ignore_errors=True)
+        _released.set()
         assert not leftover, f"pod processes left running after stop: {leftover}"
         assert not [p for p in ports.values() if port_open(p)], f"ports still open: {ports}"
 
