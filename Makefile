@@ -22,8 +22,12 @@ venv: ## create the cached virtualenv
 run: deps venv ## run pipeq on this machine: embedded Redis, the API and autoscaled local workers
 	$(PY) -m pipeq dev
 
+# pytest-xdist workers for make test: one takes the kind tests, one the control plane's, the
+# others the rest (tests/support/parallel.py); measured on 2 cores in docs/tests.md
+TEST_WORKERS ?= 3
+
 test: deps venv tools browser-deps ## run the whole test suite (installs and starts what it needs)
-	$(PY) -m pytest -q -m "not soak" tests
+	$(PY) -m pytest -q -m "not soak" -n $(TEST_WORKERS) --dist loadgroup --durations=15 tests
 
 unit: venv ## unit tests only (seconds)
 	$(PY) -m pytest -q tests/unit

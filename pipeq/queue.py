@@ -143,46 +143,53 @@ def enqueue_run(
     # One transaction: the job, its place in the queue (or backlog) and in the index, its
     # owner's quota use (RQ alone makes two round trips, each an fsync with appendfsync
     # always), after a WATCH of the abandoned mark and of the owner's use when it is capped.
-    with conn.pipeline() as p:
-        while True:
-            # if this fails, nothing of the job was sent
-            p.watch(keys.abandoned(job_id), *(quotas.watched(owner.id) if limits else ()))
-            now = time.time()
-            if limits and not quotas.check(p, owner.id, limits, now):
-                continue  # it pruned ended jobs: read the use again
-            p.multi()
-            job = q.enqueue_call(
-                TASK,
-                kwargs=kwargs,
-                job_id=job_id,
-                timeout=-1,
-                result_ttl=ttl,
-                failure_ttl=ttl,
-                meta=meta,
-                # a lost job goes back to the head of the queue: it waited its turn once already
-                retry=Retry(max=retries, enqueue_at_front=True) if retries else None,
-                pipeline=p,
-            )
-            if settings.fair_share:
-                fairshare.enqueue(p, queue_name, job_id, owner.id, fairshare.weight_for(owner.groups, settings))
-            quotas.admit(p, owner.id, job_id, now, ttl)
-            p.zadd(JOBS_INDEX, {job_id: now})
-            p.zremrangebyscore(JOBS_INDEX, 0, now - ttl)
-            mine = keys.owner_index(owner.id)
-            p.zadd(mine, {job_id: now})
-            p.zremrangebyscore(mine, 0, now - ttl)
-            p.expire(mine, ttl)  # an owner who stops submitting leaves no index behind
-            p.publish(ENQUEUED_CHANNEL, queue_name)
-            try:
-                p.execute()
-            except redis.WatchError:
-                if limits:  # another admission of this owner came first: check again
-                    continue
-                raise
-            except redis.RedisError as e:
-                if not _exists_or_abandon(conn, job_id, e):
+    sent = False
+    try:
+        with conn.pipeline() as p:
+            while True:
+                # if this fails, nothing of the job was sent
+                p.watch(keys.abandoned(job_id), *(quotas.watched(owner.id) if limits else ()))
+                now = time.time()
+                if limits and not quotas.check(p, owner.id, limits, now):
+                    continue  # it pruned ended jobs: read the use again
+                p.multi()
+                job = q.enqueue_call(
+                    TASK,
+                    kwargs=kwargs,
+                    job_id=job_id,
+                    timeout=-1,
+                    result_ttl=ttl,
+                    failure_ttl=ttl,
+                    meta=meta,
+                    # a lost job goes back to the head of the queue: it waited its turn once already
+                    retry=Retry(max=retries, enqueue_at_front=True) if retries else None,
+                    pipeline=p,
+                )
+                if settings.fair_share:
+                    fairshare.enqueue(p, queue_name, job_id, owner.id, fairshare.weight_for(owner.groups, settings))
+                quotas.admit(p, owner.id, job_id, now, ttl)
+                p.zadd(JOBS_INDEX, {job_id: now})
+                p.zremrangebyscore(JOBS_INDEX, 0, now - ttl)
+                mine = keys.owner_index(owner.id)
+                p.zadd(mine, {job_id: now})
+                p.zremrangebyscore(mine, 0, now - ttl)
+                p.expire(mine, ttl)  # an owner who stops submitting leaves no index behind
+                p.publish(ENQUEUED_CHANNEL, queue_name)
+                sent = True
+                try:
+                    p.execute()
+                except redis.WatchError:
+                    if limits:  # another admission of this owner came first: check again
+                        sent = False
+                        continue
                     raise
-            return job
+                return job
+    except redis.RedisError as e:
+        # checked once out of the block: leaving it after a failed EXEC sends UNWATCH, whose
+        # TimeoutError from a stalled Redis would otherwise stand in for the check's answer
+        if not sent or not _exists_or_abandon(conn, job_id, e):
+            raise
+    return job
 
 
 class _Backlogging(Queue):

@@ -17,8 +17,9 @@ from tests.support.waiting import wait_for  # noqa: F401  (re-exported for the t
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# the scheduler that keeps the kind tests and the control plane's each on one xdist worker, and
 # one control plane per session for every directory that needs it; one Keycloak likewise
-pytest_plugins = ["tests.support.cluster_fixtures", "tests.support.keycloak"]
+pytest_plugins = ["tests.support.parallel", "tests.support.cluster_fixtures", "tests.support.keycloak"]
 
 
 @pytest.fixture(scope="session")

@@ -76,8 +76,6 @@ def test_pool_placement_values_reach_the_workerpool():
 
 @pytest.mark.parametrize("sets", [[], S3], ids=["volume", "s3"])
 def test_rendered_chart_passes_server_side_dry_run(cluster, namespace, sets):
-    if not CRD.exists():
-        pytest.skip("the WorkerPool CRD (helm/pipeq/crds/workerpools.yaml) has not landed yet")
     cluster.kubectl("apply", "--server-side", "-f", str(CRD))
     restricted_namespace(cluster, namespace)
     rendered = chart.render(*sets, namespace=namespace, release=f"dry-{namespace}")
@@ -96,8 +94,6 @@ def test_manifests_are_rendered_from_the_chart():
 
 
 def test_install_in_restricted_namespace_with_narrow_rbac_and_clean_uninstall(cluster, namespace):
-    if not CRD.exists():
-        pytest.skip("the WorkerPool CRD (helm/pipeq/crds/workerpools.yaml) has not landed yet")
     restricted_namespace(cluster, namespace)
     # The API and the operator run as local processes on the process node; give them
     # a port of their own and nothing to connect to, so this test is only about objects.

@@ -1,11 +1,16 @@
-"""Tests of the test harness itself: the real control plane and the process node."""
+"""Tests of the test harness itself: the real control plane and the process node.
+
+What Kubernetes itself does with pods (which pod a scale-down deletes, by its deletion cost;
+SIGTERM, then SIGKILL at the end of the grace period) is not claimed of the process node:
+what pipeq relies on of it is shown on a real kubelet by the kind suite (tests/kind: a
+scale-down under load removes only idle pods; a force-deleted busy pod's job runs again).
+The process node keeps what the operator's tests need of a node."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +20,6 @@ from tests.support.processnode import ProcessNode, make_pipeq_shim
 
 pytestmark = pytest.mark.cluster
 CHART = Path(__file__).parent / "testchart"
-COST = "controller.kubernetes.io/pod-deletion-cost"
 
 
 def sleep_deployment(name: str, replicas: int, **template_labels: str) -> dict:
@@ -92,34 +96,6 @@ def test_deployment_scales_0_3_1_and_processes_follow(cluster, namespace):
         if name not in left:
             wait_for(lambda: gone(pid), timeout=5, what=f"process {pid} of {name} to end")
     assert not gone(next(iter(left.values())))
-
-
-def test_scale_down_deletes_lowest_pod_deletion_cost_first(cluster, namespace):
-    cluster.apply(sleep_deployment("costly", 3, marked="yes"), namespace=namespace)
-    pods = wait_for(lambda: (lambda ps: ps if len(ps) == 3 and all(map(ready, ps)) else None)(
-        live_pods(cluster, namespace, "costly")), timeout=30, what="3 ready pods")
-    names = sorted(p["metadata"]["name"] for p in pods)
-    costs = {names[0]: "100", names[1]: "-5", names[2]: "7"}  # not in name order on purpose
-    for name, cost in costs.items():
-        cluster.kubectl("annotate", "pod", name, f"{COST}={cost}", "-n", namespace)
-    # The ReplicaSet controller must have seen the annotations before the scale-down. Its pod
-    # informer takes pod changes in order: once it counts a change made after them (a pod
-    # that lost a template label is no longer "fully labeled"), it has them too.
-    cluster.kubectl("label", "pod", names[1], "marked-", "-n", namespace)
-    wait_for(lambda: cluster.get_json("replicasets", "-n", namespace, "-l", "app=costly")["items"][0]
-             ["status"].get("fullyLabeledReplicas") == 2, timeout=30, what="the ReplicaSet controller to see the pods' changes")
-
-    def remaining() -> set[str]:
-        return {p["metadata"]["name"] for p in live_pods(cluster, namespace, "costly")}
-
-    cluster.kubectl("scale", "deployment/costly", "--replicas=2", "-n", namespace)
-    wait_for(lambda: len(remaining()) == 2, timeout=30, what="scale-down to 2")
-    assert remaining() == {names[0], names[2]}, "the pod with cost -5 goes first"
-    cluster.kubectl("scale", "deployment/costly", "--replicas=1", "-n", namespace)
-    wait_for(lambda: len(remaining()) == 1, timeout=30, what="scale-down to 1")
-    assert remaining() == {names[0]}, "the pod with cost 100 stays"
-    wait_for(lambda: set(node_procs(cluster, namespace)) == {names[0]}, timeout=10,
-             what="only the cost-100 pod's process left")
 
 
 def test_helm_install_and_kubectl_get(cluster, namespace):
@@ -238,29 +214,6 @@ def bare_pod(name: str, script: str, restart: str = "Always", grace: int = 30) -
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
             "spec": {"restartPolicy": restart, "terminationGracePeriodSeconds": grace,
                      "containers": [{"name": "main", "image": "x", "command": ["sh", "-c", script]}]}}
-
-
-def test_pod_deletion_sigterm_grace_then_sigkill(cluster, namespace):
-    # one pod finishes its work on SIGTERM within the grace period, one ignores SIGTERM
-    polite = 'trap "echo got TERM; sleep 1; echo done; exit 0" TERM; echo trapped; while :; do sleep 0.1; done'
-    stubborn = 'trap "echo ignoring TERM" TERM; echo trapped; while :; do sleep 0.1; done'
-    cluster.apply([bare_pod("polite", polite, grace=10), bare_pod("stubborn", stubborn, grace=2)],
-                  namespace=namespace)
-    for pod in ("polite", "stubborn"):
-        wait_for(lambda: "trapped" in cluster.node.pod_log(namespace, pod).splitlines(), timeout=20,
-                 what=f"{pod}'s shell to set its trap")
-    t0 = time.monotonic()
-    cluster.kubectl("delete", "pod", "polite", "stubborn", "-n", namespace, "--wait=false")
-    wait_for(lambda: not cluster.get_json("pods", "-n", namespace)["items"], timeout=20,
-             what="both pods removed after their processes ended")
-    took = time.monotonic() - t0
-    assert 2 <= took < 10, took  # stubborn: killed at its 2 s grace, not polite's 10 s
-    # (the log's "--- " lines are the node's own notes: start, SIGTERM, exit code)
-    polite_log = cluster.node.pod_log(namespace, "polite").splitlines()
-    own = [line for line in polite_log if not line.startswith("--- ")]
-    assert own[-2:] == ["got TERM", "done"] and polite_log[-1].endswith("exited 0")
-    stubborn_log = cluster.node.pod_log(namespace, "stubborn").splitlines()
-    assert "ignoring TERM" in stubborn_log and stubborn_log[-1].endswith("exited 137")  # SIGKILL
 
 
 def test_restart_policy_always_restarts_a_crashing_process(cluster, namespace):

@@ -14,7 +14,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from tests.support.simdata import (
     write_not_fastq,
     write_truncated_fastq,
 )
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = ROOT / "pipeline.sh"
@@ -373,17 +373,19 @@ def test_sigterm_to_the_group_stops_everything(paired, tmp_path):
         for line in proc.stdout:
             if line.startswith("PROGRESS") and line.split()[2] == "align":
                 break
-        time.sleep(0.3)
+        # the stage is really running: the stand-in minimap2 has become its `sleep 60`
+        wait_for(lambda: any(m.endswith("(sleep)") for m in live_group_members(proc.pid)), timeout=10,
+                 what="the align stage's stand-in minimap2 to run")
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=10) == 143
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    deadline = time.monotonic() + 5
-    while (alive := live_group_members(proc.pid)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not alive, f"processes of the pipeline's group survived SIGTERM: {alive}"
+    try:
+        wait_for(lambda: not live_group_members(proc.pid), timeout=5, what="the pipeline's group to be gone")
+    except AssertionError:
+        raise AssertionError(f"processes of the pipeline's group survived SIGTERM: {live_group_members(proc.pid)}") from None
 
 
 def live_group_members(pgid: int) -> list[str]:

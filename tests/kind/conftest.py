@@ -3,8 +3,10 @@
 started it.
 
 The cluster comes up in the background while the rest of the session's tests run (making
-it takes a few minutes, most of them waiting on the node), so a whole `make test` does not
-wait for it in line.
+it takes a few minutes, most of them waiting on the node; a cold build of the node image and
+the images, tens of minutes), so a whole `make test` does not wait for it in line. Under
+pytest-xdist the kind tests are one group pinned to one worker (tests/support/parallel.py):
+only that worker brings the cluster up, from its session start.
 
 With CI=true the suite must run: a Docker that cannot be started fails it. Elsewhere it
 skips, saying why, only where no Docker can be started."""
@@ -20,12 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import kind_s3
+from tests.support import kind_s3, parallel
 from tests.support.kind import KindCluster, KindUnavailable, docker_down, docker_up, prepare
 
 _state: dict = {"started": False, "unavailable": None, "error": None, "cluster": None, "thread": None,
                 "workdir": None, "s3_error": None}
-#: set when the suite's release is installed, and when the object-storage release is
+#: set when Docker and the images are ready (or cannot be), when the suite's release is
+#: installed, and when the object-storage release is
+_prepared = threading.Event()
 _ready = threading.Event()
 _s3_ready = threading.Event()
 
@@ -36,7 +40,8 @@ def _is_kind(item) -> bool:
 
 def pytest_collection_modifyitems(config, items):
     """Mark the kind tests and run them last: their cluster comes up meanwhile, behind every
-    other test of the session instead of the ones that sort before tests/kind/."""
+    other test of the session instead of the ones that sort before tests/kind/ (under xdist
+    they are one group, the first unit of one worker: tests/support/parallel.py)."""
     for item in items:
         if _is_kind(item):
             item.add_marker(pytest.mark.kind)
@@ -44,11 +49,31 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection_finish(session):
-    """Once the tests to run are known: start Docker, build what the cluster needs (the node
-    image, pipeq's images: a cold build takes tens of minutes once, more than a test's
-    timeout), then bring the cluster up in a thread."""
+    """Once the tests to run are known, in the one process that runs the kind tests: start
+    Docker, build what the cluster needs (the node image, pipeq's images: cached after the
+    first build), then bring the cluster up, all in a thread. The kind fixture waits for it
+    (the tests' timeouts leave fixtures out: a cold build takes longer than any test)."""
     if session.config.option.collectonly or not any(_is_kind(i) for i in session.items):
         return
+    if not parallel.runs_group(session.config, parallel.KIND):
+        return
+    _state["workdir"] = Path(tempfile.mkdtemp(prefix="pipeq-kind-"))
+    # two worker nodes: the object-storage release spreads its pool over them
+    cluster = KindCluster("pipeq-test", _state["workdir"], workers=2)
+
+    def bring_up():
+        try:
+            _bring_up(cluster)
+        finally:  # whatever failed: nothing waits for what will not come
+            _prepared.set()
+            _ready.set()
+            _s3_ready.set()
+
+    _state["thread"] = threading.Thread(target=bring_up, name="kind-up", daemon=True)
+    _state["thread"].start()
+
+
+def _bring_up(cluster: KindCluster) -> None:
     try:
         _state["started"] = docker_up()
         print("\npipeq: preparing the kind suite (node image, images: cached after the first run)...",
@@ -60,30 +85,24 @@ def pytest_collection_finish(session):
     except Exception as e:  # noqa: BLE001  (reported by the fixture, on each test)
         _state["error"] = f"{type(e).__name__}: {e}"
         return
-    _state["workdir"] = Path(tempfile.mkdtemp(prefix="pipeq-kind-"))
-    # two worker nodes: the object-storage release spreads its pool over them
-    cluster = KindCluster("pipeq-test", _state["workdir"], workers=2)
-
-    def bring_up():
-        try:
-            cluster.up()
-            _state["cluster"] = cluster
-        except Exception as e:  # noqa: BLE001
-            _state["error"] = f"{type(e).__name__}: {e}"
-            cluster.delete()
-            return
-        finally:
-            _ready.set()
-        # the second release while the first one's tests run
-        try:
-            cluster.timed("object-storage release", kind_s3.up, cluster, cluster.redis_image)
-        except Exception as e:  # noqa: BLE001
-            _state["s3_error"] = f"{type(e).__name__}: {e}"
-        finally:
-            _s3_ready.set()
-
-    _state["thread"] = threading.Thread(target=bring_up, name="kind-up", daemon=True)
-    _state["thread"].start()
+    finally:
+        _prepared.set()
+    try:
+        cluster.up()
+        _state["cluster"] = cluster
+    except Exception as e:  # noqa: BLE001
+        _state["error"] = f"{type(e).__name__}: {e}"
+        cluster.delete()
+        return
+    finally:
+        _ready.set()
+    # the second release while the first one's tests run
+    try:
+        cluster.timed("object-storage release", kind_s3.up, cluster, cluster.redis_image)
+    except Exception as e:  # noqa: BLE001
+        _state["s3_error"] = f"{type(e).__name__}: {e}"
+    finally:
+        _s3_ready.set()
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -99,11 +118,17 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture(scope="session")
 def kind():
+    if _state["thread"] is not None:
+        # Docker and the builds: cached they take a minute; cold, up to CI's 90 minutes
+        _prepared.wait(timeout=5400)
     if _state["unavailable"]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"the kind suite must run on CI: {_state['unavailable']}")
         pytest.skip(f"the kind suite needs Docker: {_state['unavailable']}")
-    if _state["thread"] is not None:
+    if _state["thread"] is None:
+        pytest.fail("the kind cluster was not started in this process (its tests must run on the "
+                    f"xdist worker {parallel.GROUPS[parallel.KIND][1]}: tests/support/parallel.py)")
+    if _prepared.is_set():
         _ready.wait(timeout=900)
     if _state["error"] or _state["cluster"] is None:
         pytest.fail(f"the kind cluster could not be made ready: {_state['error'] or 'it took over 15 minutes'}")

@@ -11,7 +11,6 @@ jobs last long enough to be busy while pods are deleted and pools scale down.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 
 import pytest
@@ -22,7 +21,8 @@ from tests.e2e.body import run_end_to_end
 from tests.support.kind import NAMESPACE, RELEASE, SLEEPER, TAG
 from tests.support.waiting import wait_for
 
-pytestmark = [pytest.mark.kind, pytest.mark.timeout(900)]
+# the test itself, not the kind fixture, which waits for the cluster (a cold build takes longer)
+pytestmark = [pytest.mark.kind, pytest.mark.timeout(900, func_only=True)]
 
 SLOW_QUEUE = "slow"
 FINAL = ("finished", "failed", "canceled", "stopped")
@@ -234,7 +234,8 @@ def test_a_force_deleted_busy_pod_loses_no_job_and_runs_it_to_completion_once(ki
     (job_id,) = slow.enqueue(15)
     pod = wait_for(lambda: next((p for p, j in slow.busy_pods().items() if j == job_id), None), timeout=90,
                    what="the job's pod")
-    time.sleep(2)  # let the pipeline run a little: the attempt is really under way
+    # the attempt is really under way: its pipeline has written its start line
+    wait_for(lambda: f"start {job_id}" in slow.trace(), timeout=60, interval=0.5, what="the job's pipeline to start")
     kind.kubectl("delete", "pod", "-n", NAMESPACE, pod, "--grace-period=0", "--force")
     assert slow.wait_final([job_id], timeout=180) == ["finished"]
     (attempt,) = slow.attempts([job_id])

@@ -14,7 +14,7 @@ from tests.support import kind_s3
 from tests.support.simdata import make_dataset
 from tests.support.waiting import wait_for
 
-pytestmark = [pytest.mark.kind, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.kind, pytest.mark.timeout(600, func_only=True)]
 
 FINAL = ("finished", "failed", "canceled", "stopped")
 RUNS = 4

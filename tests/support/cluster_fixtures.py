@@ -21,6 +21,11 @@ this fixture builds them first (a cold build takes about 10 minutes on 2 cores).
 session gets its own work directory, ``.cluster/pytest-<pid>/`` (kubeconfig, certs, logs,
 the pods' output), so parallel sessions in one checkout
 don't collide; it is removed at the end unless PIPEQ_KEEP_CLUSTER_LOGS=1.
+
+The control plane starts in the background at the session's start (under load it takes a
+minute or more) in the one process that runs the tests which use it: the session, or under
+pytest-xdist the worker that the ``cluster`` group is given to (tests/support/parallel.py).
+Anywhere else it starts when a test first asks for it.
 """
 
 from __future__ import annotations
@@ -28,12 +33,22 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 import uuid
+from pathlib import Path
 
 import pytest
 
+from tests.support import parallel
 from tests.support.cluster import ROOT, Cluster, ClusterError, port_open, tools_bin_dir
 from tests.support.processnode import ProcessNode, make_pipeq_shim
+
+#: the control plane being started in the background, and how that went
+_early: dict = {"thread": None, "cluster": None, "node": None, "error": None, "used": False}
+_ready = threading.Event()
+#: set once the control plane is stopped: the thread that started it may end (its processes
+#: run under ``setpriv --pdeathsig KILL``, and the parent whose death kills them is that thread)
+_released = threading.Event()
 
 
 def pytest_configure(config):
@@ -60,27 +75,85 @@ def pytest_collection_modifyitems(session, config, items):
             print(f"pipeq: {e}", file=sys.stderr, flush=True)
 
 
-@pytest.fixture(scope="session")
-def cluster():
-    """A started control plane with a process node; stopped (and checked) at session end."""
-    workdir = ROOT / ".cluster" / f"pytest-{os.getpid()}"
+def _uses_cluster(item) -> bool:
+    return "cluster" in getattr(item, "fixturenames", ()) or item.get_closest_marker("cluster") is not None
+
+
+def pytest_collection_finish(session):
+    """Start the control plane in the background when this process runs the cluster group."""
+    if session.config.option.collectonly or not parallel.runs_group(session.config, parallel.CLUSTER):
+        return
+    if not any(_uses_cluster(i) and parallel.group_of(i.nodeid) == parallel.CLUSTER for i in session.items):
+        return
+    _early["thread"] = threading.Thread(target=_start_early, name="control-plane-up", daemon=True)
+    _early["thread"].start()
+
+
+def _start_early() -> None:
+    try:
+        _early["cluster"], _early["node"] = _start()
+    except Exception as e:  # noqa: BLE001  (raised again by the fixture)
+        _early["error"] = e
+        return
+    finally:
+        _ready.set()
+    _released.wait()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop a control plane started early that no test used (the session ended first)."""
+    if _early["thread"] is None or _early["used"]:
+        return
+    _ready.wait()
+    if _early["cluster"] is not None:
+        _early["node"].stop()
+        _early["cluster"].stop()
+        shutil.rmtree(_workdir(), ignore_errors=True)
+    _released.set()
+
+
+def _workdir() -> Path:
+    return ROOT / ".cluster" / f"pytest-{os.getpid()}"
+
+
+def _start() -> tuple[Cluster, ProcessNode]:
+    """A started control plane with a process node (stopped again if the node fails)."""
+    workdir = _workdir()
     shutil.rmtree(workdir, ignore_errors=True)
     c = Cluster(workdir)
     c.start()
-    node = None
     try:
         shims = make_pipeq_shim(workdir / "shims")
         node = ProcessNode(c.kubeconfig, workdir / "node", path_prefix=[shims]).start()
-        c.node = node
+    except BaseException:
+        c.stop()
+        raise
+    c.node = node
+    return c, node
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A started control plane with a process node; stopped (and checked) at session end."""
+    if _early["thread"] is not None:
+        _early["used"] = True
+        _ready.wait()
+        if _early["error"] is not None:
+            raise _early["error"]
+        c, node = _early["cluster"], _early["node"]
+    else:
+        c, node = _start()
+    workdir = _workdir()
+    try:
         yield c
     finally:
-        if node is not None:
-            node.stop()
+        node.stop()
         ports = dict(c.ports)
         c.stop()
-        leftover = [pid for pid in (node.all_pids() if node else []) if _exists(pid)]
+        leftover = [pid for pid in node.all_pids() if _exists(pid)]
         if not os.environ.get("PIPEQ_KEEP_CLUSTER_LOGS"):
             shutil.rmtree(workdir, ignore_errors=True)
+        _released.set()
         assert not leftover, f"pod processes left running after stop: {leftover}"
         assert not [p for p in ports.values() if port_open(p)], f"ports still open: {ports}"
 

@@ -15,13 +15,19 @@ FASTQ = b"".join(b"@read%d/1\nACGTNACGTA\n+\nIIIII#####\n" % i for i in range(50
 FASTA = b">chr1 test\n" + b"ACGT" * 50 + b"\nACG\n>chr2\nNNNNACGT\n"
 
 
+def gzipped(data: bytes, **kwargs) -> bytes:
+    """gzip with a fixed mtime: the same bytes, so the same test ids, in every process (xdist
+    workers must collect the same tests)."""
+    return gzip.compress(data, mtime=0, **kwargs)
+
+
 def write(tmp_path, name, data):
     p = tmp_path / name
     p.write_bytes(data)
     return p
 
 
-@pytest.mark.parametrize("data", [FASTQ, gzip.compress(FASTQ), gzip.compress(FASTQ[:400]) + gzip.compress(FASTQ[400:])])
+@pytest.mark.parametrize("data", [FASTQ, gzipped(FASTQ), gzipped(FASTQ[:400]) + gzipped(FASTQ[400:])])
 def test_fastq_accepted_plain_gzip_and_multimember(tmp_path, data):
     assert check_fastq(write(tmp_path, "r.fq", data)) > 0
 
@@ -34,7 +40,7 @@ def test_crlf_fastq_accepted(tmp_path):
     "data, reason",
     [
         (b"", "empty"),
-        (gzip.compress(b""), "empty"),
+        (gzipped(b""), "empty"),
         (os.urandom(64) + b"\0" + os.urandom(64), "binary"),
         (FASTA, "looks like FASTA"),
         (b"hello world\n", "first line must start with '@'"),
@@ -44,8 +50,8 @@ def test_crlf_fastq_accepted(tmp_path):
         (b"@r1\nACGT\n+\nII\x7fI\n", "Phred+33"),
         (b"@r1\nACGT\n+\n", "incomplete"),
         (b"@" + b"x" * 70_000 + b"\nACGT\n+\nIIII\n", "longer than"),
-        (gzip.compress(FASTQ)[:-12], "truncated"),
-        (gzip.compress(FASTQ)[:30] + b"garbage" * 20, "damaged"),
+        (gzipped(FASTQ)[:-12], "truncated"),
+        (gzipped(FASTQ)[:30] + b"garbage" * 20, "damaged"),
     ],
 )
 def test_bad_fastq_refused_with_reason(tmp_path, data, reason):
@@ -57,10 +63,10 @@ def test_fastq_checks_only_the_head_but_the_whole_gzip(tmp_path):
     big = FASTQ * 40 + b"@bad\nACGT\n+\nI\n"  # the bad record is past what is parsed
     assert check_fastq(write(tmp_path, "r.fq", big)) > 0
     with pytest.raises(InvalidInput, match="truncated"):
-        check_fastq(write(tmp_path, "r.fq.gz", gzip.compress(big)[:-100]))
+        check_fastq(write(tmp_path, "r.fq.gz", gzipped(big)[:-100]))
 
 
-@pytest.mark.parametrize("data", [FASTA, gzip.compress(FASTA), b">c\nacgtnRYKM\n"])
+@pytest.mark.parametrize("data", [FASTA, gzipped(FASTA), b">c\nacgtnRYKM\n"])
 def test_fasta_accepted(tmp_path, data):
     assert check_fasta(write(tmp_path, "ref.fa", data)) >= 1
 
@@ -76,7 +82,7 @@ def test_fasta_accepted(tmp_path, data):
         (b">c1\nACGT\n>c2\n", "no bases"),
         (b">c1\nAC1GT\n", "not IUPAC nucleotide codes"),
         (b">c1\nACGT.ACGT\n", "not IUPAC nucleotide codes"),
-        (gzip.compress(FASTA)[:-5], "truncated"),
+        (gzipped(FASTA)[:-5], "truncated"),
     ],
 )
 def test_bad_fasta_refused_with_reason(tmp_path, data, reason):
@@ -87,7 +93,7 @@ def test_bad_fasta_refused_with_reason(tmp_path, data, reason):
 def test_decompression_bomb_costs_no_memory(tmp_path):
     import resource
 
-    bomb = gzip.compress(b"@r\n" + b"A" * (200 * 1024 * 1024), compresslevel=9)
+    bomb = gzipped(b"@r\n" + b"A" * (200 * 1024 * 1024), compresslevel=9)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(InvalidInput, match="longer than"):
         check_fastq(write(tmp_path, "bomb.fq.gz", bomb))
@@ -140,13 +146,13 @@ def _gzip_named(data: bytes, name: str) -> bytes:
 @pytest.mark.parametrize(
     "data, whole",
     [
-        (gzip.compress(FASTQ), True),
+        (gzipped(FASTQ), True),
         (_gzip_named(FASTQ, "reads_1.fastq"), True),  # FNAME in the header
-        (gzip.compress(FASTQ[:400]) + gzip.compress(FASTQ[400:]), False),  # two members
-        (gzip.compress(FASTQ) * 2, False),  # two equal members: the one-call inflate would see the first only
-        (gzip.compress(FASTQ) + b"\0" * 16, False),  # padding after the member
-        (gzip.compress(FASTQ)[:-3], False),  # truncated
-        (gzip.compress(b""), False),  # no content
+        (gzipped(FASTQ[:400]) + gzipped(FASTQ[400:]), False),  # two members
+        (gzipped(FASTQ) * 2, False),  # two equal members: the one-call inflate would see the first only
+        (gzipped(FASTQ) + b"\0" * 16, False),  # padding after the member
+        (gzipped(FASTQ)[:-3], False),  # truncated
+        (gzipped(b""), False),  # no content
     ],
 )
 def test_one_call_inflate_takes_only_whole_single_members(data, whole):
@@ -184,7 +190,7 @@ def test_head_window_changes_nothing(monkeypatch, data, gz):
     """Splitting a window of the head gives the lines, flag and refusals of splitting it all."""
     from pipeq.inputs import checks as validate
 
-    blob = gzip.compress(data) if gz else data
+    blob = gzipped(data) if gz else data
 
     def run():
         try:
