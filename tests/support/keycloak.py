@@ -125,7 +125,13 @@ _stopping = threading.Event()
 
 
 def pytest_collection_finish(session):
-    if session.config.option.collectonly or not any("keycloak" in getattr(i, "fixturenames", ()) for i in session.items):
+    """Start Keycloak in the background when this process runs the Keycloak group (each xdist
+    worker collects every test; only the one given the group starts it)."""
+    from tests.support import parallel
+
+    if session.config.option.collectonly or not parallel.runs_group(session.config, parallel.KEYCLOAK):
+        return
+    if not any("keycloak" in getattr(i, "fixturenames", ()) for i in session.items):
         return
     _bring_up()
 

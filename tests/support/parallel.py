@@ -5,7 +5,8 @@ group in ``GROUPS``, which run one after another, in the collection's order, on 
 they share a server that only one process may own, or that costs much to start. A group
 goes to its worker as that worker's first unit, so the worker knows at its session start
 that the group is its own and brings the server up in the background while the other
-workers run the rest: the kind cluster (tests/kind/conftest.py), the control plane (tests/support/cluster_fixtures.py).
+workers run the rest: the kind cluster (tests/kind/conftest.py), the control plane (tests/support/cluster_fixtures.py),
+Keycloak (tests/support/keycloak.py).
 Any worker beyond those runs ungrouped tests from the start (``-n 3``: one).
 
 Groups are named by path here, not by ``@pytest.mark.xdist_group``: pytest-xdist 3.8 groups
@@ -29,13 +30,22 @@ KIND = "kind"
 #: the tests on the control plane (tests/support/cluster_fixtures.py): one per worker would
 #: cost each worker a minute of CPU under load to start, so one worker runs them all
 CLUSTER = "cluster"
+#: the tests that sign in through Keycloak (tests/support/keycloak.py): one JVM per session,
+#: ~450 MB and a long CPU-heavy start, so one worker runs them all
+KEYCLOAK = "keycloak"
 #: group → (the node id prefixes of its tests, the worker that runs it, or None: any one)
 GROUPS: dict[str, tuple[tuple[str, ...], str | None]] = {
     KIND: (("tests/kind/",), "gw0"),
     CLUSTER: (("tests/cluster/", "tests/reliability/test_operator_stalls.py", "tests/reliability/test_rbac.py"), "gw1"),
+    KEYCLOAK: (("tests/integration/test_auth.py", "tests/browser/test_sign_in.py"), "gw2"),
     # one case per endpoint; its module's app checks at the end that some case got a 200
     "schema-fuzz": (("tests/reliability/test_schema_fuzz.py",), None),
 }
+
+
+#: groups whose worker knows them by its id (``runs_group``), not by receiving them first, so
+#: they are given to it last: Keycloak comes up in the background while it runs the rest
+LATE = {KEYCLOAK}
 
 
 def group_of(nodeid: str) -> str | None:
@@ -76,7 +86,10 @@ def pytest_xdist_make_scheduler(config, log):
             present = {n.gateway.id for n in self.nodes}
             owner = {s: GROUPS[s][1] for s in self.workqueue if s in GROUPS}
             own = [s for s, w in owner.items() if w == node.gateway.id]
-            return own + [s for s in self.workqueue if s not in owner or owner[s] not in present]
+            # a group whose server the worker starts from its session start anyway (LATE)
+            # waits for it best at the end: the worker runs other tests meanwhile
+            first, late = [s for s in own if s not in LATE], [s for s in own if s in LATE]
+            return first + [s for s in self.workqueue if s not in owner or owner[s] not in present] + late
 
         def _assign_work_unit(self, node) -> None:
             takeable = self._takeable(node)
