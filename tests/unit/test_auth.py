@@ -5,6 +5,7 @@ identity modes as the API answers them (401, 403, who the principal is)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 
 import pytest
@@ -44,7 +45,10 @@ def settings_for(issuer, **extra) -> Settings:
 
 
 def principal(auth: Authenticator, token: str | None):
-    return asyncio.run(auth.principal(token))
+    """The dependency's answer, run on an event loop of its own in a thread of its own: a test
+    before this one in the same process (Playwright's sync API) may hold this thread's loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, auth.principal(token)).result()
 
 
 def refusal(auth: Authenticator, token: str | None) -> HTTPException:
