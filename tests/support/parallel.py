@@ -35,6 +35,8 @@ GROUPS: dict[str, tuple[tuple[str, ...], str | None]] = {
     CLUSTER: (("tests/cluster/", "tests/reliability/test_operator_stalls.py", "tests/reliability/test_rbac.py"), "gw1"),
     # one case per endpoint; its module's app checks at the end that some case got a 200
     "schema-fuzz": (("tests/reliability/test_schema_fuzz.py",), None),
+    # one chromium for the folder, closed after it (tests/browser/conftest.py)
+    "browser": (("tests/browser/",), None),
 }
 
 
