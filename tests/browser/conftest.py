@@ -22,8 +22,12 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 SHOTS = ROOT / "docs" / "screenshots"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
+    """Headless chromium for the tests of this folder (one group on one xdist worker:
+    tests/support/parallel.py). Package-scoped, not session: Playwright's sync API keeps an
+    event loop running in the thread while it is open, and ``asyncio.run`` in any later test
+    of the process would fail."""
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed: run scripts/browser-deps.sh (make test does)")
     from playwright.sync_api import sync_playwright

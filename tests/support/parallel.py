@@ -40,6 +40,8 @@ GROUPS: dict[str, tuple[tuple[str, ...], str | None]] = {
     KEYCLOAK: (("tests/integration/test_auth.py", "tests/browser/test_sign_in.py"), "gw2"),
     # one case per endpoint; its module's app checks at the end that some case got a 200
     "schema-fuzz": (("tests/reliability/test_schema_fuzz.py",), None),
+    # one chromium for the folder, closed after it (tests/browser/conftest.py)
+    "browser": (("tests/browser/",), None),
 }
 
 
