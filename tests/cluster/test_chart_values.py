@@ -336,3 +336,12 @@ def test_the_operator_serves_only_its_own_releases_pools():
     out = template("operator.watchPools=all")
     assert out.returncode == 0, out.stderr
     assert "PIPEQ_OPERATOR_POOL_SELECTOR" not in out.stdout
+
+
+def test_no_pod_gets_service_variables_that_pipeqs_settings_would_read():
+    """Kubernetes injects <SERVICE>_PORT=tcp://... for every Service of the namespace unless
+    enableServiceLinks is off; the Service <release>-operator-metrics made that
+    PIPEQ_OPERATOR_METRICS_PORT, which the API's settings refused (it crashed on kind)."""
+    docs = chart.objects()
+    for name, (_, spec) in pod_specs(docs).items():
+        assert spec.get("enableServiceLinks") is False, name
