@@ -126,9 +126,9 @@ def release(kind, tmp_path_factory):
     kind.kubectl("delete", "namespace", NS, "--wait=false", check=False)
 
 
-# Passed in 2 of 3 runs here (20:28 and 20:40 on 2026-12-04); in the other a job running on an
-# old pod ended failed while Redis restarted under the upgrade, its error not captured then
-# (the assertion now names it). Not strict until that cause is found: see issue 23's note.
+# With the 60 s lease, every job ran once in 2 of 3 runs here (2026-12-04); in the other a job
+# running on an old pod ended failed while Redis restarted under the upgrade, its error not
+# captured then (the assertion now names it). Not strict until that cause is found (issue 23).
 @pytest.mark.xfail(strict=False, reason="a running job failed once in 3 runs while Redis restarted under the upgrade; cause under investigation (issue 23)")
 def test_helm_upgrade_under_running_jobs_runs_each_job_once(kind, release):
     ids = [uuid.uuid4().hex for _ in range(4)]
