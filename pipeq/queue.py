@@ -201,7 +201,6 @@ class _Backlogging(Queue):
             super().push_job_id(job_id, pipeline=pipeline, at_front=at_front)
 
 
-owner_index = keys.owner_index
 # The job exists (1), or the submission is marked abandoned, which aborts its transaction
 # if it is still on its way (0).
 _ABANDON = """

@@ -404,14 +404,9 @@ def test_prune_removes_what_expired_and_keeps_the_rest(client, backend, dataset,
 def test_store_refusing_a_job_fails_it_at_once_as_a_storage_error(settings, make_client, dataset, workers, tmp_path, monkeypatch, conn):
     """A store that answers but refuses (here: the job's bucket deleted under it, NoSuchBucket)
     is no outage: the job fails at once, its retries forfeited."""
-    from tests.support.s3server import VersityGW
+    from tests.support.s3server import own_job_store
 
-    server = VersityGW(tmp_path / "own-s3").start()
-    try:
-        server.make_bucket("jobs")
-        for k, v in server.env().items():
-            monkeypatch.setenv(k, v)
-        settings.storage, settings.scratch_dir = "s3://jobs/p", tmp_path / "scratch"
+    with own_job_store(tmp_path / "own-s3", settings, monkeypatch) as server:
         settings.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
         with make_client() as client:
             job_id = client.post("/run_pipeline", files=files_of(dataset)).json()["job_id"]
@@ -421,8 +416,6 @@ def test_store_refusing_a_job_fails_it_at_once_as_a_storage_error(settings, make
             assert s["status"] == "failed" and s["error"]["reason"] == "storage error", s
             assert s["attempt"] == 1, s
             assert queue.fetch_job(conn, job_id).retries_left == 0
-    finally:
-        server.stop()
 
 
 def test_public_only_connections_speak_verified_tls(referenced, dataset, monkeypatch):

@@ -25,7 +25,7 @@ import uuid
 import pytest
 
 from pipeq import queue
-from tests.support.kind import ROOT, TAG, VALUES, run
+from tests.support.kind import ROOT, TAG, VALUES, run, sleeper
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(900)]
@@ -36,19 +36,8 @@ NS = "upgrade"
 RELEASE = "pipeq-up"
 NEW_TAG = f"{TAG}-up"
 JOB_SECONDS = 60
-#: sleeps for the seconds its sample names and traces each start and end with its pod's name
-SLEEPER = """#!/bin/sh
-while [ $# -gt 0 ]; do
-  case "$1" in --outdir) outdir=$2; shift 2 ;; --sample) sample=$2; shift 2 ;; *) shift ;; esac
-done
-job=${outdir#*/jobs/}; job=${job%%/*}
-echo "start $job $HOSTNAME" >> /data/trace-up.log
-echo "PROGRESS 10 sleep ${sample#sleep-}"
-sleep "${sample#sleep-}"
-echo '{"sample": "x", "variants": 0}' > "$outdir/report.json"
-echo "end $job $HOSTNAME" >> /data/trace-up.log
-echo "PROGRESS 100 done"
-"""
+#: the suite's sleeper, each trace line naming its pod
+SLEEPER = sleeper("/data/trace-up.log", with_pod=True)
 #: both charts: two workers at most, the pipeline above from the data volume
 POOL = {
     "workerPool.maxReplicas": 2,

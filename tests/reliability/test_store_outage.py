@@ -25,14 +25,9 @@ def files_of(dataset):
 
 
 def test_a_job_survives_a_30_s_store_outage_mid_run(settings, make_client, dataset, workers, tmp_path, monkeypatch, conn):
-    from tests.support.s3server import VersityGW
+    from tests.support.s3server import own_job_store
 
-    server = VersityGW(tmp_path / "s3").start()
-    try:
-        server.make_bucket("jobs")
-        for k, v in server.env().items():
-            monkeypatch.setenv(k, v)
-        settings.storage, settings.scratch_dir = "s3://jobs/p", tmp_path / "scratch"
+    with own_job_store(tmp_path / "s3", settings, monkeypatch) as server:
         settings.pipeline = pipelines.write(tmp_path, "pipe.sh", pipelines.SLEEPY)
         settings.log_upload_interval = 1.0  # the log's uploads meet the outage too
         trace = tmp_path / "trace"
@@ -59,5 +54,3 @@ def test_a_job_survives_a_30_s_store_outage_mid_run(settings, make_client, datas
         assert s["result"]["files"] == ["report.json", "result.txt"], s
         assert trace.read_text().count("start ") == 1, "the pipeline ran more than once"
         assert queue.fetch_job(conn, job_id).retries_left == settings.retries  # no retry spent
-    finally:
-        server.stop()

@@ -54,18 +54,24 @@ UPSTREAM_REDIS = "redis:7.2.7-alpine"
 #: a pipeline.sh for worker pods (from a ConfigMap): sleeps for the seconds its sample names
 #: (sleep-N) and writes a line when it starts and ends into the trace on the data volume (/data),
 #: so a test can count how often a job really ran (tests/kind, bench/keda.py)
-SLEEPER = """#!/bin/sh
+def sleeper(trace: str = "/data/trace-slow.log", with_pod: bool = False) -> str:
+    """SLEEPER tracing into ``trace``; ``with_pod``: each line also names the pod ($HOSTNAME)."""
+    pod = " $HOSTNAME" if with_pod else ""
+    return f"""#!/bin/sh
 while [ $# -gt 0 ]; do
   case "$1" in --outdir) outdir=$2; shift 2 ;; --sample) sample=$2; shift 2 ;; *) shift ;; esac
 done
-job=${outdir#*/jobs/}; job=${job%%/*}
-echo "start $job" >> /data/trace-slow.log
-echo "PROGRESS 10 sleep ${sample#sleep-}"
-sleep "${sample#sleep-}"
-echo '{"sample": "x", "variants": 0}' > "$outdir/report.json"
-echo "end $job" >> /data/trace-slow.log
+job=${{outdir#*/jobs/}}; job=${{job%%/*}}
+echo "start $job{pod}" >> {trace}
+echo "PROGRESS 10 sleep ${{sample#sleep-}}"
+sleep "${{sample#sleep-}}"
+echo '{{"sample": "x", "variants": 0}}' > "$outdir/report.json"
+echo "end $job{pod}" >> {trace}
 echo "PROGRESS 100 done"
 """
+
+
+SLEEPER = sleeper()
 
 
 class KindUnavailable(RuntimeError):

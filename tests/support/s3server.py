@@ -7,6 +7,7 @@ free loopback port over a temporary folder (one sub-folder per bucket) and stops
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -91,3 +92,18 @@ def restore_env(old: dict[str, str | None]) -> None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@contextlib.contextmanager
+def own_job_store(root: Path, settings, monkeypatch, bucket: str = "jobs"):
+    """A versitygw of the test's own in ``root`` (to stop or to break under a job), holding
+    ``settings``' job store (``s3://<bucket>/p``, scratch beside ``root``); stopped at the end."""
+    server = VersityGW(root).start()
+    try:
+        server.make_bucket(bucket)
+        for k, v in server.env().items():
+            monkeypatch.setenv(k, v)
+        settings.storage, settings.scratch_dir = f"s3://{bucket}/p", root.parent / "scratch"
+        yield server
+    finally:
+        server.stop()

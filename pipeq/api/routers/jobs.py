@@ -41,7 +41,7 @@ def list_jobs(
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="only admins may list another user's jobs")
     if owner is None and not principal.admin:
         owner = principal.id
-    index = keys.JOBS_INDEX if owner is None else queue.owner_index(owner)
+    index = keys.JOBS_INDEX if owner is None else keys.owner_index(owner)
     ids = [i.decode() for i in conn.zrevrange(index, offset, offset + limit - 1)]
     total = conn.zcard(index)
     found = [j for j in queue.fetch_jobs(conn, ids) if j is not None]
